@@ -1,0 +1,198 @@
+"""Enumerations and reason codes shared by every stage of the engine.
+
+Jitted code cannot use Python enums, so each enumeration exists twice: as module-level ``int``
+constants (used inside ``@njit`` functions and array columns) and as an ``IntEnum`` with the same
+values (used at the edges: messages, queries, logs). The two are checked against each other at
+import time, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# -- SIDES ---------------------------------------------------------------------------------------
+
+BUY = 0
+SELL = 1
+
+# -- ORDER TYPES ---------------------------------------------------------------------------------
+
+LIMIT = 0
+MARKET = 1
+STOP = 2  # becomes a MARKET order when triggered
+STOP_LIMIT = 3  # becomes a LIMIT order when triggered
+
+# -- TIME IN FORCE -------------------------------------------------------------------------------
+
+DAY = 0
+GTC = 1
+IOC = 2
+FOK = 3
+GTD = 4
+
+# -- SELF-TRADE PREVENTION (the incoming order's mode decides) ------------------------------------
+
+STP_NONE = 0
+STP_CANCEL_RESTING = 1
+STP_CANCEL_INCOMING = 2
+STP_CANCEL_BOTH = 3
+
+
+class Side(IntEnum):
+    BUY = BUY
+    SELL = SELL
+
+
+class OrderType(IntEnum):
+    LIMIT = LIMIT
+    MARKET = MARKET
+    STOP = STOP
+    STOP_LIMIT = STOP_LIMIT
+
+
+class TimeInForce(IntEnum):
+    DAY = DAY
+    GTC = GTC
+    IOC = IOC
+    FOK = FOK
+    GTD = GTD
+
+
+class SelfTradePrevention(IntEnum):
+    NONE = STP_NONE
+    CANCEL_RESTING = STP_CANCEL_RESTING
+    CANCEL_INCOMING = STP_CANCEL_INCOMING
+    CANCEL_BOTH = STP_CANCEL_BOTH
+
+
+class RejectCode(IntEnum):
+    """Why a command was refused, or why an order left the book.
+
+    One numeric range per stage, so a code alone tells where the decision was made:
+
+    ====== ==========================================================
+    range  stage
+    ====== ==========================================================
+    1xxx   validation (1100-1199: duplicate detection)
+    2xxx   pre-trade risk
+    3xxx   pre-trade compliance
+    4xxx   matching (the book); 41xx cancel reasons, 42xx expiry
+    5xxx   venue
+    6xxx   gateway (transport, decoding, authentication, throttling)
+    9xxx   system
+    ====== ==========================================================
+    """
+
+    NONE = 0
+
+    # -- 1xxx validation --
+    UNKNOWN_INSTRUMENT = 1001
+    UNKNOWN_ACCOUNT = 1002
+    INVALID_QUANTITY = 1003
+    INVALID_PRICE = 1004
+    PRICE_OUTSIDE_BAND = 1005
+    INVALID_DISPLAY_QUANTITY = 1006
+    INVALID_TIME_IN_FORCE = 1007
+    INVALID_STOP_PRICE = 1008
+    EXPIRE_TIME_IN_PAST = 1009
+    MISSING_EXPIRE_TIME = 1010
+    INVALID_ORDER_COMBINATION = 1011
+    UNKNOWN_ORDER = 1012
+    ORDER_NOT_WORKING = 1013
+    NOTHING_TO_MODIFY = 1014
+    QUANTITY_BELOW_FILLED = 1015
+    INVALID_CL_ORD_ID = 1016
+    ORDER_ACCOUNT_MISMATCH = 1017
+    # -- 11xx duplicate detection --
+    DUPLICATE_CL_ORD_ID = 1101
+
+    # -- 2xxx risk (filled in by risk/) --
+    RISK_DENIED = 2000
+
+    # -- 3xxx compliance (filled in by compliance/) --
+    COMPLIANCE_DENIED = 3000
+
+    # -- 4xxx matching --
+    POST_ONLY_WOULD_CROSS = 4001
+    BOOK_FULL = 4002
+    PRICE_LEVELS_FULL = 4003
+    UNKNOWN_BOOK_ORDER = 4004
+    DUPLICATE_BOOK_ORDER = 4005
+    UNKNOWN_BOOK_INSTRUMENT = 4006
+    # -- 41xx why an order left the book without trading --
+    CANCEL_REQUESTED = 4100
+    MASS_CANCEL = 4101
+    IOC_REMAINDER = 4102
+    FOK_NOT_FILLABLE = 4103
+    SELF_TRADE_PREVENTED = 4104
+    NO_LIQUIDITY = 4105
+    MATCH_LIMIT_REACHED = 4106
+    # -- 42xx expiry --
+    END_OF_DAY = 4200
+    GTD_EXPIRED = 4201
+
+    # -- 5xxx venue (gateways issue) --
+    VENUE_REJECTED = 5000
+
+    # -- 6xxx gateway --
+    MALFORMED_MESSAGE = 6001
+    UNKNOWN_MESSAGE_TYPE = 6002
+    MESSAGE_TOO_LARGE = 6003
+    THROTTLED = 6004
+    NOT_AUTHORIZED = 6005
+
+    # -- 9xxx system --
+    INTERNAL_ERROR = 9001
+    ENGINE_UNAVAILABLE = 9002
+
+
+# Module-level copies of the codes the jitted book emits (numba reads globals as constants).
+R_NONE = 0
+R_POST_ONLY_WOULD_CROSS = 4001
+R_BOOK_FULL = 4002
+R_PRICE_LEVELS_FULL = 4003
+R_UNKNOWN_BOOK_ORDER = 4004
+R_DUPLICATE_BOOK_ORDER = 4005
+R_UNKNOWN_BOOK_INSTRUMENT = 4006
+R_CANCEL_REQUESTED = 4100
+R_MASS_CANCEL = 4101
+R_IOC_REMAINDER = 4102
+R_FOK_NOT_FILLABLE = 4103
+R_SELF_TRADE_PREVENTED = 4104
+R_NO_LIQUIDITY = 4105
+R_MATCH_LIMIT_REACHED = 4106
+R_END_OF_DAY = 4200
+R_GTD_EXPIRED = 4201
+
+
+def stage_of(code: int) -> str:
+    """The pipeline stage a reason code belongs to. O(1)."""
+    thousands = int(code) // 1000
+    return {
+        0: "none",
+        1: "validation",
+        2: "risk",
+        3: "compliance",
+        4: "matching",
+        5: "venue",
+        6: "gateway",
+        9: "system",
+    }.get(thousands, "unknown")
+
+
+def _check_mirrors() -> None:
+    pairs = [
+        (Side, {"BUY": BUY, "SELL": SELL}),
+        (OrderType, {"LIMIT": LIMIT, "MARKET": MARKET, "STOP": STOP, "STOP_LIMIT": STOP_LIMIT}),
+        (TimeInForce, {"DAY": DAY, "GTC": GTC, "IOC": IOC, "FOK": FOK, "GTD": GTD}),
+    ]
+    for enum, values in pairs:
+        for name, value in values.items():
+            if enum[name] != value:
+                raise AssertionError(f"{enum.__name__}.{name} drifted from its constant")
+    for name, value in globals().items():
+        if name.startswith("R_") and RejectCode[name[2:]] != value:
+            raise AssertionError(f"{name} drifted from RejectCode.{name[2:]}")
+
+
+_check_mirrors()

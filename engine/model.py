@@ -1,0 +1,135 @@
+"""Instruments, accounts and users: the static reference data the engine trades on.
+
+The specs are msgspec Structs decoded from configuration; ``ReferenceData`` turns them into the
+dense integer indices the books use and converts between decimal prices and integer ticks.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+import msgspec
+
+from engine.constants import SelfTradePrevention
+
+Role = Literal["pm", "trader", "compliance", "admin"]
+StpName = Literal["none", "cancel_resting", "cancel_incoming", "cancel_both"]
+
+_STP_BY_NAME = {
+    "none": SelfTradePrevention.NONE,
+    "cancel_resting": SelfTradePrevention.CANCEL_RESTING,
+    "cancel_incoming": SelfTradePrevention.CANCEL_INCOMING,
+    "cancel_both": SelfTradePrevention.CANCEL_BOTH,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what was expected."""
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One tradable instrument. Prices on the wire are ticks of ``tick_size``; quantities are lots
+    of ``lot_size`` units. ``price_band`` is the static [low, high] band a limit price must lie in.
+    """
+
+    symbol: str
+    currency: str
+    tick_size: Decimal
+    lot_size: int
+    price_band: tuple[Decimal, Decimal]
+    name: str = ""
+
+
+class AccountSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+    base_currency: str = "USD"
+    stp: StpName = "cancel_resting"
+
+
+class UserSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    roles: list[Role]
+    accounts: list[str] = []
+
+
+class Instrument(msgspec.Struct, frozen=True):
+    """An instrument with its dense index and its band in ticks."""
+
+    index: int
+    spec: InstrumentSpec
+    band_low: int
+    band_high: int
+
+    @property
+    def symbol(self) -> str:
+        return self.spec.symbol
+
+
+class ReferenceData:
+    """Instruments and accounts with dense integer indices for the books. Lookups are O(1)."""
+
+    def __init__(self, instruments: list[InstrumentSpec], accounts: list[AccountSpec]):
+        self.instruments: dict[str, Instrument] = {}
+        self.by_index: list[Instrument] = []
+        for field, spec in _indexed("instruments", instruments):
+            _check_instrument(field, spec)
+            if spec.symbol in self.instruments:
+                raise ConfigError(f"{field}.symbol: duplicate symbol {spec.symbol!r}")
+            low = price_to_ticks(spec, spec.price_band[0], f"{field}.price_band[0]")
+            high = price_to_ticks(spec, spec.price_band[1], f"{field}.price_band[1]")
+            if not 0 < low < high:
+                raise ConfigError(
+                    f"{field}.price_band: expected 0 < low < high, got {list(spec.price_band)}"
+                )
+            inst = Instrument(len(self.by_index), spec, low, high)
+            self.instruments[spec.symbol] = inst
+            self.by_index.append(inst)
+        self.accounts: dict[str, AccountSpec] = {}
+        self.account_index: dict[str, int] = {}
+        for field, acc in _indexed("accounts", accounts):
+            if not acc.id:
+                raise ConfigError(f"{field}.id: expected a non-empty account id")
+            if acc.id in self.accounts:
+                raise ConfigError(f"{field}.id: duplicate account {acc.id!r}")
+            self.accounts[acc.id] = acc
+            self.account_index[acc.id] = len(self.account_index)
+
+    def stp_mode(self, account: str) -> SelfTradePrevention:
+        return _STP_BY_NAME[self.accounts[account].stp]
+
+
+def _indexed(name: str, items: list) -> list[tuple[str, object]]:
+    return [(f"{name}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _check_instrument(field: str, spec: InstrumentSpec) -> None:
+    if not spec.symbol:
+        raise ConfigError(f"{field}.symbol: expected a non-empty symbol")
+    if len(spec.currency) != 3 or not spec.currency.isalpha() or not spec.currency.isupper():
+        raise ConfigError(
+            f"{field}.currency: expected a 3-letter ISO 4217 code, got {spec.currency!r}"
+        )
+    if not spec.tick_size.is_finite() or spec.tick_size <= 0:
+        raise ConfigError(f"{field}.tick_size: expected a positive decimal, got {spec.tick_size}")
+    if spec.lot_size <= 0:
+        raise ConfigError(f"{field}.lot_size: expected a positive integer, got {spec.lot_size}")
+
+
+def price_to_ticks(spec: InstrumentSpec, price: Decimal | str, where: str = "price") -> int:
+    """Convert a decimal price into integer ticks; refuses a price that is not a tick multiple."""
+    try:
+        value = Decimal(price)
+    except InvalidOperation as exc:
+        raise ConfigError(f"{where}: expected a decimal number, got {price!r}") from exc
+    ticks, rest = divmod(value, spec.tick_size)
+    if rest != 0:
+        raise ConfigError(
+            f"{where}: {value} is not a multiple of tick size {spec.tick_size} for {spec.symbol}"
+        )
+    return int(ticks)
+
+
+def ticks_to_price(spec: InstrumentSpec, ticks: int) -> Decimal:
+    return spec.tick_size * ticks

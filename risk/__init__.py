@@ -1,0 +1,1 @@
+"""Pre-trade risk checks, plugged into the engine pipeline's risk stage by ``kilat``."""
