@@ -14,9 +14,14 @@ and ``REPLY_DECODER`` (what the server sends back).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from engine.constants import OrderType, SelfTradePrevention, Side, TimeInForce
+
+#: Every integer on the wire fits an int64 (the books' word); decoding refuses anything larger.
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 _HOT = {"frozen": True, "tag": True, "array_like": True, "gc": False}
 
@@ -31,16 +36,16 @@ class SubmitOrder(msgspec.Struct, **_HOT):
     cl_ord_id: str
     symbol: str
     side: Side
-    qty: int
+    qty: I64
     order_type: OrderType = OrderType.LIMIT
-    price: int = 0
+    price: I64 = 0
     tif: TimeInForce = TimeInForce.DAY
-    stop_price: int = 0
-    display_qty: int = 0
+    stop_price: I64 = 0
+    display_qty: I64 = 0
     post_only: bool = False
-    expire_ts: int = 0
+    expire_ts: I64 = 0
     stp: SelfTradePrevention | None = None  # None: the account's configured mode
-    ts: int = 0
+    ts: I64 = 0
     user: str = ""
 
 
@@ -51,10 +56,10 @@ class CancelOrder(msgspec.Struct, **_HOT):
     """
 
     account: str
-    order_id: int = 0
+    order_id: I64 = 0
     orig_cl_ord_id: str = ""
     cl_ord_id: str = ""
-    ts: int = 0
+    ts: I64 = 0
     user: str = ""
 
 
@@ -62,12 +67,12 @@ class ModifyOrder(msgspec.Struct, **_HOT):
     """Cancel/replace the price and/or the total quantity (FIX OrderQty, fills included)."""
 
     account: str
-    order_id: int = 0
+    order_id: I64 = 0
     orig_cl_ord_id: str = ""
     cl_ord_id: str = ""
-    price: int | None = None
-    qty: int | None = None
-    ts: int = 0
+    price: I64 | None = None
+    qty: I64 | None = None
+    ts: I64 = 0
     user: str = ""
 
 
@@ -77,14 +82,14 @@ class MassCancel(msgspec.Struct, **_HOT):
     account: str = ""
     symbol: str = ""
     side: Side | None = None
-    ts: int = 0
+    ts: I64 = 0
     user: str = ""
 
 
 class EndOfDay(msgspec.Struct, **_HOT):
     """Close the trading day: every DAY order expires."""
 
-    ts: int = 0
+    ts: I64 = 0
     user: str = ""
 
 
@@ -94,13 +99,13 @@ class EndOfDay(msgspec.Struct, **_HOT):
 class AdvanceTime(msgspec.Struct, **_HOT):
     """Let time pass to ``ts``: GTD orders whose expiry has come expire. Sent by the service timer."""
 
-    ts: int = 0
+    ts: I64 = 0
 
 
 class TakeSnapshot(msgspec.Struct, **_HOT):
     """Write a snapshot of the whole state at this point of the sequence."""
 
-    ts: int = 0
+    ts: I64 = 0
     user: str = ""
 
 
@@ -115,11 +120,11 @@ class QueryOrders(msgspec.Struct, **_HOT):
 
 class QueryBook(msgspec.Struct, **_HOT):
     symbol: str
-    depth: int = 5
+    depth: I64 = 5
 
 
 class Ping(msgspec.Struct, **_HOT):
-    token: int = 0
+    token: I64 = 0
 
 
 Command = SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot

@@ -1,0 +1,587 @@
+"""The sequencer pipeline: one writer, numbered stages, wired here and nowhere else.
+
+    1 validate   check the command against reference data and order state; derive book fields
+    2 dedupe     a ClOrdID is unique per account, for ever
+    3 risk       hook (a callable filled in by ``kilat``; passes everything by default)
+    4 compliance hook (likewise)
+    5 journal    append the stamped command; the caller group-commits before replies leave
+    6 match      one call into the book (numba or reference, behind one narrow interface)
+    7 apply      turn book events into order transitions and msgspec events
+    8 publish    return the events; the caller routes them
+
+Stages 1-4 only read state (validate before mutate: nothing changes until a command has passed
+them all); stages 6-7 are the only ones that write. Time is the ``ts`` stamped on the command.
+
+Two paths share every stage: ``process`` (one command, latency) and ``process_batch`` (many
+commands, one jitted book call: throughput). Recovery replays journaled commands through
+``replay``, which runs stages 1, 2, 6 and 7 and must reach the identical state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+import numpy as np
+
+from engine import book_events as bk
+from engine.constants import (
+    FOK,
+    GTD,
+    IOC,
+    LIMIT,
+    MARKET,
+    STOP,
+    STOP_LIMIT,
+    OrderType,
+    RejectCode,
+    TimeInForce,
+)
+from engine.messages import (
+    AdvanceTime,
+    CancelOrder,
+    CommandDone,
+    CommandError,
+    EndOfDay,
+    MassCancel,
+    ModifyOrder,
+    OrderAccepted,
+    OrderCanceled,
+    OrderCancelRejected,
+    OrderDenied,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    OrderReplaced,
+    OrderTriggered,
+    SubmitOrder,
+    TakeSnapshot,
+)
+from engine.model import ReferenceData
+from engine.orders import Order, OrderStatus, Transition
+
+Refusal = tuple[int, str]
+
+#: The largest order quantity (lots) any order may have: keeps price × qty inside int64 for every
+#: price band (risk limits are far tighter; this is the arithmetic's guard, not a trading limit).
+MAX_ORDER_QTY = 10**12
+#: A pre-trade check: returns None to pass, or (code, text) to deny. Must not mutate anything.
+Check = Callable[[SubmitOrder | ModifyOrder, "Pipeline"], Refusal | None]
+
+
+class JournalSink(Protocol):
+    def append(self, payload: bytes) -> int: ...
+
+
+class Book(Protocol):
+    """The narrow interface both books implement (see docs/book.md)."""
+
+    def submit(self, oid, instr, account, side, otype, tif, price, qty, display=0,
+               stop_price=0, expire_ts=0, post_only=False, stp=0) -> np.ndarray: ...
+    def cancel(self, oid) -> np.ndarray: ...
+    def modify(self, oid, new_price, new_leaves) -> np.ndarray: ...
+    def mass_cancel(self, instr=-1, account=-1, side=-1) -> np.ndarray: ...
+    def end_of_day(self) -> np.ndarray: ...
+    def expire(self, now) -> np.ndarray: ...
+    def next_expiry(self) -> int: ...
+    def state_hash(self) -> str: ...
+
+
+def pass_all(cmd, pipeline) -> Refusal | None:
+    """The default risk and compliance hook: everything passes."""
+    return None
+
+
+_REASONS = {code.value: code.name.replace("_", " ").lower() for code in RejectCode}
+
+
+def reason_text(code: int) -> str:
+    return _REASONS.get(int(code), f"code {code}")
+
+
+class Pipeline:
+    """One shard's single writer. Not thread-safe by design: only one thread may call it."""
+
+    def __init__(
+        self,
+        ref: ReferenceData,
+        book: Book,
+        journal: JournalSink | None = None,
+        risk_check: Check = pass_all,
+        compliance_check: Check = pass_all,
+    ):
+        self.ref = ref
+        self.book = book
+        self.journal = journal
+        self.risk_check = risk_check
+        self.compliance_check = compliance_check
+        self.orders: dict[int, Order] = {}
+        self.cl_ord_ids: dict[tuple[str, str], int] = {}  # (account, ClOrdID) -> order id, 0 = request
+        self.next_order_id = 1
+        self.next_exec_id = 1
+        self.seq = 0  # last applied journal sequence number
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._account_index = ref.account_index
+        self._account_by_index = list(ref.account_index)
+
+    # -- COMMANDS: the two paths ----------------------------------------------------------------
+
+    def process(self, cmd) -> list:
+        """Run one command through every stage; returns the events it caused. O(events)."""
+        prepared = self._check(cmd, run_hooks=True)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        self._journal(cmd)
+        return self._execute(prepared)
+
+    def process_batch(self, cmds: Sequence) -> list:
+        """Throughput path: consecutive submits and cancels run through one jitted book call.
+
+        Returns every event, in command order, identical to calling ``process`` on each command.
+        Orders are opened and ClOrdIDs noted as each command passes its checks, as ``process``
+        does; a refusal, a modify or any other command ends the run (a modify's checks must see
+        the run's fills).
+        """
+        events: list = []
+        run: list[_Prepared] = []
+        for cmd in cmds:
+            kind = type(cmd)
+            if run and kind is not SubmitOrder and kind is not CancelOrder:
+                events.extend(self._execute_run(run))
+                run = []
+            prepared = self._check(cmd, run_hooks=True)
+            if not isinstance(prepared, _Prepared):
+                if run:
+                    events.extend(self._execute_run(run))
+                    run = []
+                events.extend(prepared)
+                continue
+            self._journal(cmd)
+            if prepared.op == bk.OP_SUBMIT:
+                prepared.order = self._open(cmd)
+                run.append(prepared)
+            elif prepared.op == bk.OP_CANCEL:
+                self._note_request(cmd)
+                run.append(prepared)
+            else:
+                events.extend(self._execute(prepared))
+        if run:
+            events.extend(self._execute_run(run))
+        return events
+
+    def replay(self, seq: int, cmd) -> list:
+        """Re-apply a journaled command during recovery (no hooks, no journal)."""
+        prepared = self._check(cmd, run_hooks=False)
+        if not isinstance(prepared, _Prepared):
+            raise RuntimeError(
+                f"replay diverged at seq {seq}: a journaled {type(cmd).__name__} is now refused "
+                f"({prepared[0]!r})"
+            )
+        self.seq = seq
+        return self._execute(prepared)
+
+    def next_expiry(self) -> int:
+        """When the earliest GTD order expires (ns), or 0 if none. O(1)."""
+        return self.book.next_expiry()
+
+    # -- STAGES 1-4: check (read-only) ------------------------------------------------------------
+
+    def _check(self, cmd, run_hooks: bool):
+        kind = type(cmd)
+        if kind is SubmitOrder:
+            return self._check_submit(cmd, run_hooks)
+        if kind is CancelOrder:
+            return self._check_cancel(cmd)
+        if kind is ModifyOrder:
+            return self._check_modify(cmd, run_hooks)
+        if kind is MassCancel:
+            return self._check_mass_cancel(cmd)
+        if kind in (EndOfDay, AdvanceTime, TakeSnapshot):
+            return _Prepared(_OP_BY_KIND[kind], cmd)
+        raise TypeError(f"not a state command: {kind.__name__}")
+
+    def _check_submit(self, cmd: SubmitOrder, run_hooks: bool):
+        refusal = self._validate_submit(cmd)
+        if refusal is None and (cmd.account, cmd.cl_ord_id) in self.cl_ord_ids:  # 2 dedupe
+            refusal = (
+                RejectCode.DUPLICATE_CL_ORD_ID,
+                f"ClOrdID {cmd.cl_ord_id!r} was already used by account {cmd.account}",
+            )
+        if refusal is not None:
+            code, text = refusal
+            return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(code), text, cmd.ts)]
+        if run_hooks:
+            for hook in (self.risk_check, self.compliance_check):  # 3 risk, 4 compliance
+                denial = hook(cmd, self)
+                if denial is not None:
+                    return [OrderDenied(cmd.account, cmd.cl_ord_id, int(denial[0]), denial[1], cmd.ts)]
+        return _Prepared(bk.OP_SUBMIT, cmd)
+
+    def _validate_submit(self, cmd: SubmitOrder) -> Refusal | None:
+        """Stage 1 for a new order. Every message says what was expected."""
+        inst = self.ref.instruments.get(cmd.symbol)
+        if inst is None:
+            return RejectCode.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.symbol!r}"
+        if cmd.account not in self._account_index:
+            return RejectCode.UNKNOWN_ACCOUNT, f"unknown account {cmd.account!r}"
+        if not cmd.cl_ord_id or len(cmd.cl_ord_id) > 64:
+            return RejectCode.INVALID_CL_ORD_ID, "cl_ord_id must be 1 to 64 characters"
+        if not 0 < cmd.qty <= MAX_ORDER_QTY:
+            return RejectCode.INVALID_QUANTITY, (
+                f"qty must be a positive number of lots up to {MAX_ORDER_QTY}, got {cmd.qty}"
+            )
+        otype, tif = cmd.order_type, cmd.tif
+        has_limit = otype in (LIMIT, STOP_LIMIT)
+        if has_limit and not inst.band_low <= cmd.price <= inst.band_high:
+            code = RejectCode.INVALID_PRICE if cmd.price <= 0 else RejectCode.PRICE_OUTSIDE_BAND
+            return code, (
+                f"price must lie in the band [{inst.band_low}, {inst.band_high}] ticks for "
+                f"{cmd.symbol}, got {cmd.price}"
+            )
+        if not has_limit and cmd.price != 0:
+            return RejectCode.INVALID_PRICE, f"a {otype.name} order takes no price, got {cmd.price}"
+        if otype in (STOP, STOP_LIMIT):
+            if not inst.band_low <= cmd.stop_price <= inst.band_high:
+                return RejectCode.INVALID_STOP_PRICE, (
+                    f"stop_price must lie in the band [{inst.band_low}, {inst.band_high}] ticks, "
+                    f"got {cmd.stop_price}"
+                )
+        elif cmd.stop_price != 0:
+            return RejectCode.INVALID_STOP_PRICE, f"a {otype.name} order takes no stop_price"
+        if cmd.display_qty < 0 or cmd.display_qty > cmd.qty:
+            return RejectCode.INVALID_DISPLAY_QUANTITY, (
+                f"display_qty must be 0 (all shown) or 1..qty ({cmd.qty}), got {cmd.display_qty}"
+            )
+        if cmd.display_qty and (otype != LIMIT or tif in (IOC, FOK)):
+            return RejectCode.INVALID_ORDER_COMBINATION, "display_qty needs a resting LIMIT order"
+        if otype == MARKET and tif not in (IOC, FOK, TimeInForce.DAY):
+            return RejectCode.INVALID_TIME_IN_FORCE, f"a MARKET order takes DAY, IOC or FOK, got {tif.name}"
+        if cmd.post_only and (otype != LIMIT or tif in (IOC, FOK)):
+            return RejectCode.INVALID_ORDER_COMBINATION, "post_only needs a resting LIMIT order"
+        if tif == GTD:
+            if cmd.expire_ts <= 0:
+                return RejectCode.MISSING_EXPIRE_TIME, "a GTD order needs expire_ts (ns since epoch)"
+            if cmd.expire_ts <= cmd.ts:
+                return RejectCode.EXPIRE_TIME_IN_PAST, (
+                    f"expire_ts {cmd.expire_ts} is not after the order's time {cmd.ts}"
+                )
+        elif cmd.expire_ts:
+            return RejectCode.INVALID_TIME_IN_FORCE, f"expire_ts needs tif GTD, got {tif.name}"
+        return None
+
+    def _find_order(self, cmd: CancelOrder | ModifyOrder) -> Order | Refusal:
+        if cmd.order_id:
+            order = self.orders.get(cmd.order_id)
+        else:
+            order = self.orders.get(self.cl_ord_ids.get((cmd.account, cmd.orig_cl_ord_id), 0))
+        if order is None:
+            target = cmd.order_id or repr(cmd.orig_cl_ord_id)
+            return RejectCode.UNKNOWN_ORDER, f"no open order {target} for account {cmd.account}"
+        if order.account != cmd.account:
+            return RejectCode.ORDER_ACCOUNT_MISMATCH, (
+                f"order {order.order_id} belongs to another account, not {cmd.account}"
+            )
+        return order
+
+    def _check_request_id(self, cmd: CancelOrder | ModifyOrder) -> Refusal | None:
+        if cmd.cl_ord_id and (cmd.account, cmd.cl_ord_id) in self.cl_ord_ids:
+            return RejectCode.DUPLICATE_CL_ORD_ID, (
+                f"ClOrdID {cmd.cl_ord_id!r} was already used by account {cmd.account}"
+            )
+        return None
+
+    def _check_cancel(self, cmd: CancelOrder):
+        found = self._find_order(cmd)
+        refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
+        if refusal is not None:
+            return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], False)]
+        # Whether it still works is the book's call: the batch path may not have applied fills yet.
+        return _Prepared(bk.OP_CANCEL, cmd, found)
+
+    def _check_modify(self, cmd: ModifyOrder, run_hooks: bool):
+        found = self._find_order(cmd)
+        refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
+        if refusal is None:
+            refusal = self._validate_modify(cmd, found)
+        if refusal is None and run_hooks:
+            for hook in (self.risk_check, self.compliance_check):
+                refusal = hook(cmd, self)
+                if refusal is not None:
+                    break
+        if refusal is not None:
+            return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], True)]
+        return _Prepared(bk.OP_MODIFY, cmd, found)
+
+    def _validate_modify(self, cmd: ModifyOrder, order: Order) -> Refusal | None:
+        if not order.is_working:
+            return RejectCode.ORDER_NOT_WORKING, f"order {order.order_id} is {order.status.value}"
+        if cmd.price is None and cmd.qty is None:
+            return RejectCode.NOTHING_TO_MODIFY, "give a new price, a new qty, or both"
+        if cmd.price is not None:
+            if order.order_type not in (LIMIT, STOP_LIMIT):
+                return RejectCode.INVALID_PRICE, f"a {order.order_type.name} order has no price to modify"
+            inst = self.ref.by_index[order.instrument]
+            if not inst.band_low <= cmd.price <= inst.band_high:
+                return RejectCode.PRICE_OUTSIDE_BAND, (
+                    f"price must lie in the band [{inst.band_low}, {inst.band_high}] ticks, got {cmd.price}"
+                )
+        if cmd.qty is not None and cmd.qty > MAX_ORDER_QTY:
+            return RejectCode.INVALID_QUANTITY, f"qty must be at most {MAX_ORDER_QTY} lots, got {cmd.qty}"
+        if cmd.qty is not None and cmd.qty <= order.cum_qty:
+            return RejectCode.QUANTITY_BELOW_FILLED, (
+                f"new qty must exceed the filled {order.cum_qty} lots, got {cmd.qty}"
+            )
+        if cmd.qty is not None and order.display_qty > cmd.qty:
+            return RejectCode.INVALID_DISPLAY_QUANTITY, (
+                f"new qty {cmd.qty} is below the display qty {order.display_qty}"
+            )
+        return None
+
+    def _check_mass_cancel(self, cmd: MassCancel):
+        if cmd.account and cmd.account not in self._account_index:
+            return [CommandError(int(RejectCode.UNKNOWN_ACCOUNT), f"unknown account {cmd.account!r}")]
+        if cmd.symbol and cmd.symbol not in self.ref.instruments:
+            return [CommandError(int(RejectCode.UNKNOWN_INSTRUMENT), f"unknown instrument {cmd.symbol!r}")]
+        return _Prepared(bk.OP_MASS_CANCEL, cmd)
+
+    # -- STAGE 5: journal ---------------------------------------------------------------------
+
+    def _journal(self, cmd) -> None:
+        if self.journal is not None:
+            self.seq = self.journal.append(self._encode(cmd))
+        else:
+            self.seq += 1
+
+    # -- STAGES 6-7: match and apply ------------------------------------------------------------
+
+    def _execute(self, p: _Prepared) -> list:
+        cmd, book, out = p.cmd, self.book, []
+        op = p.op
+        if op == bk.OP_SUBMIT:
+            order = self._open(cmd)
+            return self._apply(book.submit(*self._book_fields(order, cmd)), cmd.ts, order, out)
+        if op == bk.OP_CANCEL:
+            self._note_request(cmd)
+            return self._apply(book.cancel(p.order.order_id), cmd.ts, None, out, cmd)
+        if op == bk.OP_MODIFY:
+            self._note_request(cmd)
+            order = p.order
+            price = order.price if cmd.price is None else cmd.price
+            qty = order.qty if cmd.qty is None else cmd.qty
+            return self._apply(book.modify(order.order_id, price, qty - order.cum_qty), cmd.ts, None, out, cmd)
+        if op == bk.OP_MASS_CANCEL:
+            side = -1 if cmd.side is None else int(cmd.side)
+            instr = self.ref.instruments[cmd.symbol].index if cmd.symbol else -1
+            account = self._account_index[cmd.account] if cmd.account else -1
+            self._apply(book.mass_cancel(instr, account, side), cmd.ts, None, out)
+            return [*out, CommandDone("MassCancel", self.seq, len(out))]
+        if op == bk.OP_END_OF_DAY:
+            self._apply(book.end_of_day(), cmd.ts, None, out)
+            self._archive_done()
+            return [*out, CommandDone("EndOfDay", self.seq, len(out))]
+        if op == bk.OP_EXPIRE:
+            return self._apply(book.expire(cmd.ts), cmd.ts, None, out)
+        return [CommandDone("TakeSnapshot", self.seq, 0)]  # the service writes the file
+
+    def _execute_run(self, run: list[_Prepared]) -> list:
+        """A run of submits (orders already opened) and cancels in one jitted book call; each
+        command's slice of the event stream is then applied exactly as ``process`` would."""
+        rows = np.zeros((len(run), bk.C_NCOLS), dtype=np.int64)
+        for i, p in enumerate(run):
+            rows[i, bk.C_OP] = p.op
+            if p.op == bk.OP_SUBMIT:
+                rows[i, bk.C_OID:bk.C_STP + 1] = self._book_fields(p.order, p.cmd)
+            else:
+                rows[i, bk.C_OID] = p.order.order_id
+        starts = np.empty(len(run) + 1, dtype=np.int64)
+        events = self.book.process_batch(rows, starts)
+        starts[len(run)] = len(events)
+        out: list = []
+        bounds = starts.tolist()
+        for i, p in enumerate(run):
+            chunk = events[bounds[i]:bounds[i + 1]]
+            if p.op == bk.OP_SUBMIT:
+                self._apply(chunk, p.cmd.ts, p.order, out)
+            else:
+                self._apply(chunk, p.cmd.ts, None, out, p.cmd)
+        return out
+
+    def _open(self, cmd: SubmitOrder) -> Order:
+        inst = self.ref.instruments[cmd.symbol]
+        oid = self.next_order_id
+        self.next_order_id = oid + 1
+        order = Order(
+            oid, cmd.account, cmd.cl_ord_id, cmd.symbol, inst.index, cmd.side, cmd.order_type,
+            cmd.tif, cmd.price, cmd.stop_price, cmd.qty, cmd.display_qty, cmd.post_only,
+            cmd.expire_ts, cmd.ts, updated_ts=cmd.ts,
+        )
+        self.orders[oid] = order
+        self.cl_ord_ids[(cmd.account, cmd.cl_ord_id)] = oid
+        return order
+
+    def _book_fields(self, order: Order, cmd: SubmitOrder) -> tuple:
+        stp = self.ref.stp_mode(cmd.account) if cmd.stp is None else cmd.stp
+        return (
+            order.order_id, order.instrument, self._account_index[cmd.account], int(cmd.side),
+            int(cmd.order_type), int(cmd.tif), cmd.price, cmd.qty, cmd.display_qty,
+            cmd.stop_price, cmd.expire_ts, int(cmd.post_only), int(stp),
+        )
+
+    def _note_request(self, cmd: CancelOrder | ModifyOrder) -> None:
+        if cmd.cl_ord_id:
+            self.cl_ord_ids[(cmd.account, cmd.cl_ord_id)] = 0
+
+    def _apply(self, events: np.ndarray, ts: int, new: Order | None, out: list, request=None) -> list:
+        """Stage 7 for one command: book events -> order transitions -> msgspec events."""
+        if new is not None:
+            if len(events) and events[0, bk.EV_TYPE] == bk.REJECT and events[0, bk.EV_OID] == new.order_id:
+                code = int(events[0, bk.EV_REASON])
+                new.apply(Transition.REJECT, ts)
+                out.append(OrderRejected(new.account, new.cl_ord_id, new.order_id, code, reason_text(code), ts))
+                return out
+            new.apply(Transition.ACCEPT, ts)
+            out.append(OrderAccepted(
+                new.order_id, new.account, new.cl_ord_id, new.symbol, new.side,
+                new.order_type, new.price, new.qty, new.tif, ts,
+            ))
+        for row in events.tolist():
+            self._apply_event(row, ts, out, request)
+        return out
+
+    def _apply_event(self, row: list, ts: int, out: list, request) -> None:
+        etype = row[bk.EV_TYPE]
+        orders = self.orders
+        if etype == bk.TRADE:
+            price, qty = row[bk.EV_PRICE], row[bk.EV_QTY]
+            self._fill(orders[row[bk.EV_OID]], qty, price, False, ts, out)
+            self._fill(orders[row[bk.EV_OTHER]], qty, price, True, ts, out)
+        elif etype in (bk.REST, bk.PENDING_STOP):
+            pass  # already acknowledged; the order simply works
+        elif etype == bk.CANCEL:
+            order = orders[row[bk.EV_OID]]
+            code = row[bk.EV_REASON]
+            order.apply(Transition.CANCEL, ts)
+            out.append(OrderCanceled(
+                order.order_id, order.account, order.cl_ord_id, row[bk.EV_QTY], code, reason_text(code), ts
+            ))
+        elif etype == bk.EXPIRE:
+            order = orders[row[bk.EV_OID]]
+            order.apply(Transition.EXPIRE, ts)
+            out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[bk.EV_QTY], row[bk.EV_REASON], ts))
+        elif etype == bk.TRIGGER:
+            order = orders[row[bk.EV_OID]]
+            order.triggered = True
+            order.apply(Transition.TRIGGER, ts)
+            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, row[bk.EV_PRICE], ts))
+        elif etype == bk.REPLACE:
+            order = orders[row[bk.EV_OID]]
+            order.price = row[bk.EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
+            order.qty = order.cum_qty + row[bk.EV_LEAVES]
+            order.apply(Transition.REPLACE, ts)
+            out.append(OrderReplaced(
+                order.order_id, order.account, (request and request.cl_ord_id) or order.cl_ord_id,
+                order.price, order.qty, row[bk.EV_LEAVES], bool(row[bk.EV_REASON]), ts,
+            ))
+        elif etype in (bk.CANCEL_REJECT, bk.MODIFY_REJECT):
+            order = orders.get(row[bk.EV_OID])
+            code = row[bk.EV_REASON]
+            if code == RejectCode.UNKNOWN_BOOK_ORDER and order is not None:
+                code = int(RejectCode.ORDER_NOT_WORKING)
+            out.append(OrderCancelRejected(
+                order.account if order else "", request.cl_ord_id if request else "",
+                row[bk.EV_OID], code,
+                f"order {row[bk.EV_OID]} is {order.status.value}" if order else reason_text(code),
+                etype == bk.MODIFY_REJECT, ts,
+            ))
+        elif etype == bk.REJECT:
+            order = orders[row[bk.EV_OID]]  # a triggered stop the book could not place
+            order.apply(Transition.REJECT, ts)
+            out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[bk.EV_REASON],
+                                     reason_text(row[bk.EV_REASON]), ts))
+        else:
+            raise RuntimeError(f"unknown book event type {etype}")
+
+    def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list) -> None:
+        order.fill(qty, price, ts)
+        exec_id = self.next_exec_id
+        self.next_exec_id = exec_id + 1
+        out.append(OrderFilled(
+            order.order_id, order.account, order.cl_ord_id, order.symbol, order.side, exec_id,
+            qty, price, order.cum_qty, order.leaves_qty, order.notional / order.cum_qty, maker, ts,
+        ))
+
+    def _cancel_rejected(self, cmd, code: int, text: str, for_modify: bool) -> OrderCancelRejected:
+        return OrderCancelRejected(cmd.account, cmd.cl_ord_id, cmd.order_id, code, text, for_modify, cmd.ts)
+
+    def _archive_done(self) -> None:
+        """At end of day, finished orders leave the hot state; their ClOrdIDs stay reserved and
+        their history stays in the journal."""
+        done = [oid for oid, o in self.orders.items() if not o.is_working and o.status is not OrderStatus.PENDING_NEW]
+        for oid in done:
+            del self.orders[oid]
+
+    # -- QUERIES --------------------------------------------------------------------------------
+
+    def open_orders(self) -> Iterable[Order]:
+        return (o for o in self.orders.values() if o.is_working)
+
+    def state_hash(self) -> str:
+        """A digest of the whole state: book, orders, ids in use, counters. O(n log n)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.book.state_hash().encode())
+        h.update(self._encode([self.next_order_id, self.next_exec_id]))
+        for oid in sorted(self.orders):
+            h.update(self._encode(self.orders[oid]))
+        h.update(self._encode(sorted(self.cl_ord_ids.items())))
+        return h.hexdigest()
+
+    # -- SNAPSHOTS ------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes, at ``self.seq``."""
+        state = _Snapshot(
+            seq=self.seq,
+            next_order_id=self.next_order_id,
+            next_exec_id=self.next_exec_id,
+            orders=list(self.orders.values()),
+            cl_ord_ids=[(a, c, o) for (a, c), o in self.cl_ord_ids.items()],
+            book=self.book.dump(),
+        )
+        return msgspec.msgpack.encode(state)
+
+    def restore(self, data: bytes) -> None:
+        """Load a snapshot taken by ``snapshot`` into this (fresh) pipeline."""
+        state = msgspec.msgpack.decode(data, type=_Snapshot)
+        self.seq = state.seq
+        self.next_order_id = state.next_order_id
+        self.next_exec_id = state.next_exec_id
+        self.orders = {o.order_id: o for o in state.orders}
+        self.cl_ord_ids = {(a, c): o for a, c, o in state.cl_ord_ids}
+        self.book.load(state.book)
+
+
+class _Prepared:
+    """A command that passed stages 1-4, with what they derived."""
+
+    __slots__ = ("op", "cmd", "order")
+
+    def __init__(self, op: int, cmd, order: Order | None = None):
+        self.op = op
+        self.cmd = cmd
+        self.order = order
+
+
+class _Snapshot(msgspec.Struct):
+    seq: int
+    next_order_id: int
+    next_exec_id: int
+    orders: list[Order]
+    cl_ord_ids: list[tuple[str, str, int]]
+    book: bytes
+
+
+_OP_BY_KIND = {EndOfDay: bk.OP_END_OF_DAY, AdvanceTime: bk.OP_EXPIRE, TakeSnapshot: -1}
+
+__all__ = ["Pipeline", "Check", "pass_all", "reason_text", "OrderType"]

@@ -1,0 +1,238 @@
+"""The Python SDK: talk to ``kilat serve`` over ZeroMQ (a DEALER socket), sync or asyncio.
+
+    with KilatClient("tcp://127.0.0.1:7001") as kc:
+        replies = kc.submit("FUND1", "AAPL", Side.BUY, 100, price=15_000, cl_ord_id="o-1")
+        for event in kc.events(timeout=0.5):   # execution reports pushed later
+            print(event)
+
+Every request returns the list of replies the server sent for it (``OrderAccepted``,
+``OrderFilled``, …). Events caused by other clients' commands (a fill of a resting order) are
+pushed and wait in ``events()``. Prices are int ticks and quantities int lots, as on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections import deque
+from collections.abc import Iterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from engine.constants import OrderType, SelfTradePrevention, Side, TimeInForce
+from engine.messages import (
+    CancelOrder,
+    EndOfDay,
+    MassCancel,
+    ModifyOrder,
+    Ping,
+    QueryBook,
+    QueryOrders,
+    Reply,
+    SubmitOrder,
+    TakeSnapshot,
+)
+
+_REPLIES = msgspec.msgpack.Decoder(list[Reply])
+
+
+class KilatTimeout(TimeoutError):
+    """The server did not answer in time (it may be down or overloaded)."""
+
+
+class _Messages:
+    """Builds the command structs; shared by the sync and the asyncio client."""
+
+    @staticmethod
+    def submit_order(account, symbol, side, qty, price=0, *, cl_ord_id=None,
+                     order_type=OrderType.LIMIT, tif=TimeInForce.DAY, stop_price=0,
+                     display_qty=0, post_only=False, expire_ts=0, stp=None) -> SubmitOrder:
+        if order_type == OrderType.LIMIT and price == 0:
+            raise ValueError("a LIMIT order needs a price in ticks")
+        return SubmitOrder(
+            account=account, cl_ord_id=cl_ord_id or _new_cl_ord_id(), symbol=symbol,
+            side=Side(side), qty=qty, order_type=OrderType(order_type), price=price,
+            tif=TimeInForce(tif), stop_price=stop_price, display_qty=display_qty,
+            post_only=post_only, expire_ts=expire_ts,
+            stp=None if stp is None else SelfTradePrevention(stp),
+        )
+
+
+_counter = itertools.count(1)
+
+
+def _new_cl_ord_id() -> str:
+    return f"{os.getpid():x}-{next(_counter)}-{os.urandom(3).hex()}"
+
+
+class KilatClient:
+    """Blocking client. One socket; not thread-safe (use one client per thread)."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout * 1000)
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._pushed: deque = deque()
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    # -- ORDER ENTRY --
+
+    def submit(self, account: str, symbol: str, side: Side | int, qty: int, price: int = 0,
+               **kwargs) -> list:
+        """Send a new order; returns its immediate replies (accepted/denied/rejected, fills)."""
+        return self.request(_Messages.submit_order(account, symbol, side, qty, price, **kwargs))
+
+    def cancel(self, account: str, order_id: int = 0, *, orig_cl_ord_id: str = "",
+               cl_ord_id: str = "") -> list:
+        return self.request(CancelOrder(account, order_id, orig_cl_ord_id, cl_ord_id))
+
+    def modify(self, account: str, order_id: int = 0, *, price: int | None = None,
+               qty: int | None = None, orig_cl_ord_id: str = "", cl_ord_id: str = "") -> list:
+        return self.request(ModifyOrder(account, order_id, orig_cl_ord_id, cl_ord_id, price, qty))
+
+    def mass_cancel(self, account: str = "", symbol: str = "", side: Side | None = None) -> list:
+        return self.request(MassCancel(account, symbol, side))
+
+    def end_of_day(self) -> list:
+        return self.request(EndOfDay())
+
+    def snapshot(self) -> list:
+        return self.request(TakeSnapshot())
+
+    # -- QUERIES --
+
+    def orders(self, account: str = "", symbol: str = "", open_only: bool = False):
+        (view,) = self.request(QueryOrders(account, symbol, open_only))
+        return view.orders
+
+    def book(self, symbol: str, depth: int = 5):
+        (view,) = self.request(QueryBook(symbol, depth))
+        return view
+
+    def ping(self) -> int:
+        """Round trip to the server; returns the last journaled sequence number."""
+        (pong,) = self.request(Ping(next(self._ids)))
+        return pong.seq
+
+    # -- TRANSPORT --
+
+    def request(self, message, timeout: float | None = None) -> list:
+        """Send one message and wait for the replies that carry its request id."""
+        rid = next(self._ids).to_bytes(8, "little")
+        self._sock.send_multipart([rid, self._encode(message)])
+        return self._wait_for(rid, timeout)
+
+    def send_raw(self, frames: list[bytes], timeout: float | None = None) -> list:
+        """Send arbitrary frames (for tests of bad input); returns the reply to frames[0]."""
+        self._sock.send_multipart(frames)
+        return self._wait_for(frames[0] if len(frames) == 2 else b"", timeout)
+
+    def events(self, timeout: float = 0.0) -> Iterator:
+        """Pushed events received so far, waiting up to ``timeout`` seconds for the first."""
+        deadline_ms = int(timeout * 1000)
+        while self._sock.poll(deadline_ms if not self._pushed else 0):
+            rid, replies = self._read_one()
+            self._pushed.extend(replies)
+            deadline_ms = 0
+        while self._pushed:
+            yield self._pushed.popleft()
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> KilatClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _read_one(self) -> tuple[bytes, list]:
+        rid, payload = self._sock.recv_multipart()
+        return rid, _REPLIES.decode(payload)
+
+    def _wait_for(self, rid: bytes, timeout: float | None) -> list:
+        timeout_ms = self.timeout_ms if timeout is None else int(timeout * 1000)
+        while True:
+            if not self._sock.poll(timeout_ms):
+                raise KilatTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+            got, replies = self._read_one()
+            if got == rid:
+                return replies
+            self._pushed.extend(replies)
+
+
+class AsyncKilatClient:
+    """The asyncio twin of ``KilatClient``; the same methods, awaited."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._pushed: deque = deque()
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    async def submit(self, account, symbol, side, qty, price=0, **kwargs) -> list:
+        return await self.request(_Messages.submit_order(account, symbol, side, qty, price, **kwargs))
+
+    async def cancel(self, account, order_id=0, *, orig_cl_ord_id="", cl_ord_id="") -> list:
+        return await self.request(CancelOrder(account, order_id, orig_cl_ord_id, cl_ord_id))
+
+    async def modify(self, account, order_id=0, *, price=None, qty=None, orig_cl_ord_id="",
+                     cl_ord_id="") -> list:
+        return await self.request(ModifyOrder(account, order_id, orig_cl_ord_id, cl_ord_id, price, qty))
+
+    async def mass_cancel(self, account="", symbol="", side=None) -> list:
+        return await self.request(MassCancel(account, symbol, side))
+
+    async def orders(self, account="", symbol="", open_only=False):
+        (view,) = await self.request(QueryOrders(account, symbol, open_only))
+        return view.orders
+
+    async def book(self, symbol, depth=5):
+        (view,) = await self.request(QueryBook(symbol, depth))
+        return view
+
+    async def request(self, message) -> list:
+        rid = next(self._ids).to_bytes(8, "little")
+        await self._sock.send_multipart([rid, self._encode(message)])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._sock.poll(int(remaining * 1000)):
+                raise KilatTimeout(f"no reply from {self.endpoint} within {self.timeout} s")
+            got, payload = await self._sock.recv_multipart()
+            replies = _REPLIES.decode(payload)
+            if got == rid:
+                return replies
+            self._pushed.extend(replies)
+
+    async def events(self, timeout: float = 0.0) -> list:
+        if not self._pushed and await self._sock.poll(int(timeout * 1000)):
+            while await self._sock.poll(0):
+                _, payload = await self._sock.recv_multipart()
+                self._pushed.extend(_REPLIES.decode(payload))
+        out = list(self._pushed)
+        self._pushed.clear()
+        return out
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    async def __aenter__(self) -> AsyncKilatClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

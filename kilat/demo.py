@@ -1,0 +1,64 @@
+"""The scripted flow ``kilat run`` shows: two sessions trading through a live ``kilat serve``.
+
+A market maker (account MM1) quotes AAPL; a PM (FUND1) lifts the offer, rests a bid, modifies
+and cancels it; the maker sees its fills pushed to its own session. Every line printed is a
+real reply from the server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine.constants import Side, TimeInForce
+from engine.model import price_to_ticks
+from gateways.client import KilatClient
+from kilat.config import KilatConfig
+
+
+def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
+    """Run the flow; returns every reply by step (tests check them)."""
+    from kilat.cli import format_event
+
+    spec = next(s for s in config.instruments if s.symbol == "AAPL")
+
+    def px(text: str) -> int:
+        return price_to_ticks(spec, text)
+
+    tag = os.urandom(3).hex()  # ClOrdIDs are unique for ever; each demo run brings its own
+    steps: dict[str, list] = {}
+    with KilatClient(endpoint) as maker, KilatClient(endpoint) as pm:
+
+        def step(title: str, replies: list) -> list:
+            out(f"\n== {title}")
+            for event in replies:
+                out("  " + format_event(event, config))
+            steps[title] = replies
+            return replies
+
+        step("MM1 offers 300 AAPL at 190.10", maker.submit(
+            "MM1", "AAPL", Side.SELL, 300, px("190.10"), cl_ord_id=f"mm-{tag}-1", tif=TimeInForce.GTC))
+        step("MM1 offers 200 AAPL at 190.20", maker.submit(
+            "MM1", "AAPL", Side.SELL, 200, px("190.20"), cl_ord_id=f"mm-{tag}-2", tif=TimeInForce.GTC))
+        step("MM1 bids 300 AAPL at 189.90", maker.submit(
+            "MM1", "AAPL", Side.BUY, 300, px("189.90"), cl_ord_id=f"mm-{tag}-3", tif=TimeInForce.GTC))
+        step("FUND1 buys 400 AAPL up to 190.20 (sweeps two levels)", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 400, px("190.20"), cl_ord_id=f"pm-{tag}-1"))
+        step("MM1's session receives its maker fills, pushed", list(maker.events(timeout=1.0)))
+        bid = step("FUND1 rests a bid: 500 AAPL at 189.50", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 500, px("189.50"), cl_ord_id=f"pm-{tag}-2"))
+        order_id = bid[0].order_id
+        step("FUND1 improves it to 189.95 for 250", pm.modify("FUND1", order_id, price=px("189.95"), qty=250))
+        step("FUND1 sends the same ClOrdID again: refused, no second order", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 1, px("189.50"), cl_ord_id=f"pm-{tag}-2"))
+        book = pm.book("AAPL")
+        out("\n== AAPL book now (ticks of 0.01)")
+        out(f"  bids {[(lvl.price, lvl.qty) for lvl in book.bids]}  asks "
+            f"{[(lvl.price, lvl.qty) for lvl in book.asks]}  last {book.last_px}")
+        step("FUND1 cancels its bid", pm.cancel("FUND1", order_id))
+        mine = [o for o in pm.orders(account="FUND1") if o.cl_ord_id.startswith(f"pm-{tag}")]
+        out("\n== FUND1's orders from this run")
+        for o in mine:
+            out(f"  #{o.order_id} {o.cl_ord_id} {o.side.name} {o.qty} {o.symbol} "
+                f"{o.status} cum {o.cum_qty}")
+        steps["orders"] = mine
+    return steps

@@ -1,0 +1,238 @@
+"""The running service: config → reference data → book → journal → pipeline → ZeroMQ server.
+
+This is the only place that knows every part. It plugs ``risk`` and ``compliance`` into the
+pipeline's hooks, recovers state at start (snapshot + journal replay), and serves one loop:
+
+    drain up to max_batch frames → pipeline.process each command → journal.commit() (one fsync)
+    → replies to each sender, pushes to the owners of orders that others' commands touched
+
+Nothing a client sees was not durable first. A timer lets GTD orders expire on time and takes
+snapshots every ``snapshot_every`` commands, both as sequenced commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from compliance.checks import pre_trade_compliance
+from engine.book import NumbaBook
+from engine.constants import RejectCode
+from engine.journal import JournalWriter
+from engine.messages import (
+    AdvanceTime,
+    BookLevel,
+    BookView,
+    CommandError,
+    OrderAccepted,
+    OrdersView,
+    OrderView,
+    Ping,
+    Pong,
+    QueryBook,
+    QueryOrders,
+    TakeSnapshot,
+)
+from engine.pipeline import Pipeline
+from engine.recovery import RecoveryReport, recover
+from engine.snapshot import prune_snapshots, write_snapshot
+from gateways.server import OrderEntryServer, Outgoing, Request
+from kilat.config import KilatConfig, check_config
+from risk.checks import pre_trade_risk
+
+log = logging.getLogger("kilat.service")
+
+
+class Engine:
+    """The engine of one shard with its journal and snapshots; no sockets (tests use it bare)."""
+
+    def __init__(self, config: KilatConfig, data_dir: Path | str, *, fsync: bool | None = None):
+        self.config = config
+        self.ref = check_config(config)
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot_dir = self.data_dir / "snapshots"
+        self.journal_path = self.data_dir / "journal.kjl"
+        book_cfg = config.book
+        self.book = NumbaBook(
+            len(self.ref.by_index), book_cfg.max_orders, book_cfg.max_levels_per_side,
+            book_cfg.max_fills_per_order,
+        )
+        self.journal = JournalWriter(
+            self.journal_path, fsync=config.server.fsync if fsync is None else fsync
+        )
+        self.pipeline = Pipeline(self.ref, self.book, None, pre_trade_risk, pre_trade_compliance)
+        self.recovery: RecoveryReport = recover(self.pipeline, self.journal_path, self.snapshot_dir)
+        if self.pipeline.seq != self.journal.last_seq:
+            raise RuntimeError(
+                f"{self.journal_path}: recovered to seq {self.pipeline.seq} but the journal ends "
+                f"at {self.journal.last_seq}"
+            )
+        self.pipeline.journal = self.journal
+        self.snapshot_seq = self.recovery.snapshot_seq
+
+    def process(self, cmd) -> list:
+        return self.pipeline.process(cmd)
+
+    def commit(self) -> int:
+        return self.journal.commit()
+
+    def write_snapshot(self) -> Path:
+        """Write the state at the current seq (after a commit, so it covers durable input only)."""
+        path = write_snapshot(self.snapshot_dir, self.pipeline.seq, self.pipeline.snapshot())
+        prune_snapshots(self.snapshot_dir, keep=3)
+        self.snapshot_seq = self.pipeline.seq
+        return path
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+class Service:
+    """The engine behind the order-entry server, plus its timer."""
+
+    def __init__(self, config: KilatConfig, data_dir: Path | str | None = None,
+                 endpoint: str | None = None):
+        self.config = config
+        self.engine = Engine(config, data_dir or config.server.data_dir)
+        server_cfg = config.server
+        self.server = OrderEntryServer(
+            endpoint or server_cfg.endpoint, self.handle, max_batch=server_cfg.max_batch,
+            max_message_bytes=server_cfg.max_message_bytes,
+        )
+        self.owners: dict[int, bytes] = {}  # order id -> identity of the session that sent it
+        self._snapshot_every = server_cfg.snapshot_every
+        self.internal_errors = 0
+
+    # -- THE LOOP BATCH --
+
+    def handle(self, requests: list[Request]) -> list[Outgoing]:
+        """One loop batch: process every request, commit once, then say what to send."""
+        engine, pipeline = self.engine, self.engine.pipeline
+        now = max((getattr(r.message, "ts", 0) for r in requests), default=0)
+        pushes: dict[bytes, list] = {}
+        self._expire_due(now or time.time_ns(), pushes)
+        answers: list[tuple[Request, list]] = []
+        snapshot_asked = False
+        for request in requests:
+            message = request.message
+            kind = type(message)
+            if kind is QueryOrders or kind is QueryBook or kind is Ping:
+                answers.append((request, [self._answer(message)]))
+                continue
+            try:
+                events = pipeline.process(message)
+            except Exception:  # an engine bug: say so to the sender, keep the others served
+                log.exception("internal error on %s from %r", kind.__name__, request.identity)
+                self.internal_errors += 1
+                answers.append((request, [CommandError(int(RejectCode.INTERNAL_ERROR), "internal error; logged")]))
+                continue
+            snapshot_asked |= kind is TakeSnapshot
+            answers.append((request, self._route(request.identity, events, pushes)))
+        engine.commit()  # group commit: nothing below leaves before this returns
+        if snapshot_asked or pipeline.seq - engine.snapshot_seq >= self._snapshot_every:
+            engine.write_snapshot()
+        out = [Outgoing(r.identity, r.request_id, replies) for r, replies in answers]
+        out.extend(Outgoing(identity, b"", events) for identity, events in pushes.items())
+        return out
+
+    def _route(self, sender: bytes, events: list, pushes: dict[bytes, list]) -> list:
+        """The sender's own events form its reply; events on others' orders are pushed."""
+        owners = self.owners
+        mine = []
+        for event in events:
+            if type(event) is OrderAccepted:
+                owners[event.order_id] = sender
+            owner = owners.get(getattr(event, "order_id", 0), sender)
+            if owner == sender:
+                mine.append(event)
+            else:
+                pushes.setdefault(owner, []).append(event)
+        return mine
+
+    def _expire_due(self, now: int, pushes: dict[bytes, list]) -> None:
+        """GTD orders whose time has come expire before anything else at ``now``."""
+        due = self.engine.pipeline.next_expiry()
+        if due and due <= now:
+            events = self.engine.process(AdvanceTime(ts=now))
+            for event in events:
+                owner = self.owners.get(event.order_id)
+                if owner is not None:
+                    pushes.setdefault(owner, []).append(event)
+
+    def _answer(self, query):
+        pipeline = self.engine.pipeline
+        if type(query) is Ping:
+            return Pong(query.token, pipeline.seq)
+        if type(query) is QueryOrders:
+            return OrdersView([
+                _order_view(o) for o in pipeline.orders.values()
+                if (not query.account or o.account == query.account)
+                and (not query.symbol or o.symbol == query.symbol)
+                and (not query.open_only or o.is_working)
+            ])
+        inst = self.engine.ref.instruments.get(query.symbol)
+        if inst is None:
+            return CommandError(1001, f"unknown instrument {query.symbol!r}")
+        book, depth = self.engine.book, max(1, min(query.depth, 100))
+        return BookView(
+            query.symbol,
+            [BookLevel(*lvl) for lvl in book.depth(inst.index, 0, depth)],
+            [BookLevel(*lvl) for lvl in book.depth(inst.index, 1, depth)],
+            book.last_price(inst.index),
+        )
+
+    # -- RUNNING --
+
+    async def _timer(self) -> None:
+        interval = self.config.server.timer_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            async with self.server.lock:
+                pushes: dict[bytes, list] = {}
+                self._expire_due(time.time_ns(), pushes)
+                self.engine.commit()
+            if pushes:
+                self.server.send([Outgoing(i, b"", e) for i, e in pushes.items()])
+
+    async def run(self, ready_message: bool = True, install_signals: bool = True) -> None:
+        """Serve until SIGINT/SIGTERM or ``server.stop()``; prints one ready line first."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.server.stop)
+        timer = asyncio.ensure_future(self._timer())
+        rec = self.engine.recovery
+        if ready_message:
+            print(
+                f"kilat: ready on {self.server.bound_endpoint} (pid {os.getpid()}; recovered "
+                f"{rec.replayed} commands after snapshot {rec.snapshot_seq}, seq {rec.last_seq})",
+                flush=True,
+            )
+        try:
+            await self.server.serve()
+        finally:
+            timer.cancel()
+            self.engine.close()
+            self.server.close()
+            log.info("stopped at seq %d", self.engine.pipeline.seq)
+
+
+def _order_view(o) -> OrderView:
+    return OrderView(
+        o.order_id, o.account, o.cl_ord_id, o.symbol, o.side, o.order_type, o.tif,
+        o.status.value, o.price, o.stop_price, o.qty, o.cum_qty, o.leaves_qty, o.avg_px,
+        o.created_ts, o.updated_ts,
+    )
+
+
+def serve(config: KilatConfig, data_dir: str | None = None, endpoint: str | None = None) -> None:
+    """Run ``kilat serve`` on uvloop until SIGINT/SIGTERM."""
+    import uvloop
+
+    service = Service(config, data_dir, endpoint)
+    uvloop.run(service.run())
