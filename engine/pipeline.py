@@ -27,6 +27,25 @@ import msgspec
 import numpy as np
 
 from engine import book_events as bk
+from engine.book_events import (
+    CANCEL,
+    CANCEL_REJECT,
+    EV_LEAVES,
+    EV_OID,
+    EV_OTHER,
+    EV_PRICE,
+    EV_QTY,
+    EV_REASON,
+    EV_TYPE,
+    EXPIRE,
+    MODIFY_REJECT,
+    PENDING_STOP,
+    REJECT,
+    REPLACE,
+    REST,
+    TRADE,
+    TRIGGER,
+)
 from engine.constants import (
     FOK,
     GTD,
@@ -115,8 +134,6 @@ class Pipeline:
         self.ref = ref
         self.book = book
         self.journal = journal
-        self.risk_check = risk_check
-        self.compliance_check = compliance_check
         self.orders: dict[int, Order] = {}
         self.cl_ord_ids: dict[tuple[str, str], int] = {}  # (account, ClOrdID) -> order id, 0 = request
         self.next_order_id = 1
@@ -124,12 +141,24 @@ class Pipeline:
         self.seq = 0  # last applied journal sequence number
         self._encode = msgspec.msgpack.Encoder().encode
         self._account_index = ref.account_index
-        self._account_by_index = list(ref.account_index)
+        self._stp_default = {a: int(ref.stp_mode(a)) for a in ref.accounts}
+        self._hooks = tuple(h for h in (risk_check, compliance_check) if h is not pass_all)
 
     # -- COMMANDS: the two paths ----------------------------------------------------------------
 
     def process(self, cmd) -> list:
         """Run one command through every stage; returns the events it caused. O(events)."""
+        if type(cmd) is SubmitOrder:  # the hot path, stage by stage without the generic dispatch
+            refused = self._refuse_submit(cmd, run_hooks=True)
+            if refused is not None:
+                return refused
+            journal = self.journal
+            if journal is not None:
+                self.seq = journal.append(self._encode(cmd))
+            else:
+                self.seq += 1
+            order = self._open(cmd)
+            return self._apply(self.book.submit(*self._book_fields(order, cmd)), cmd.ts, order, [])
         prepared = self._check(cmd, run_hooks=True)
         if not isinstance(prepared, _Prepared):
             return prepared
@@ -203,6 +232,11 @@ class Pipeline:
         raise TypeError(f"not a state command: {kind.__name__}")
 
     def _check_submit(self, cmd: SubmitOrder, run_hooks: bool):
+        refused = self._refuse_submit(cmd, run_hooks)
+        return _Prepared(bk.OP_SUBMIT, cmd) if refused is None else refused
+
+    def _refuse_submit(self, cmd: SubmitOrder, run_hooks: bool) -> list | None:
+        """Stages 1-4 for a new order: None if it passes, else the refusal event."""
         refusal = self._validate_submit(cmd)
         if refusal is None and (cmd.account, cmd.cl_ord_id) in self.cl_ord_ids:  # 2 dedupe
             refusal = (
@@ -213,11 +247,11 @@ class Pipeline:
             code, text = refusal
             return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(code), text, cmd.ts)]
         if run_hooks:
-            for hook in (self.risk_check, self.compliance_check):  # 3 risk, 4 compliance
+            for hook in self._hooks:  # 3 risk, 4 compliance (pass_all is skipped)
                 denial = hook(cmd, self)
                 if denial is not None:
                     return [OrderDenied(cmd.account, cmd.cl_ord_id, int(denial[0]), denial[1], cmd.ts)]
-        return _Prepared(bk.OP_SUBMIT, cmd)
+        return None
 
     def _validate_submit(self, cmd: SubmitOrder) -> Refusal | None:
         """Stage 1 for a new order. Every message says what was expected."""
@@ -306,7 +340,7 @@ class Pipeline:
         if refusal is None:
             refusal = self._validate_modify(cmd, found)
         if refusal is None and run_hooks:
-            for hook in (self.risk_check, self.compliance_check):
+            for hook in self._hooks:
                 refusal = hook(cmd, self)
                 if refusal is not None:
                     break
@@ -422,11 +456,11 @@ class Pipeline:
         return order
 
     def _book_fields(self, order: Order, cmd: SubmitOrder) -> tuple:
-        stp = self.ref.stp_mode(cmd.account) if cmd.stp is None else cmd.stp
+        stp = self._stp_default[cmd.account] if cmd.stp is None else int(cmd.stp)
         return (
             order.order_id, order.instrument, self._account_index[cmd.account], int(cmd.side),
             int(cmd.order_type), int(cmd.tif), cmd.price, cmd.qty, cmd.display_qty,
-            cmd.stop_price, cmd.expire_ts, int(cmd.post_only), int(stp),
+            cmd.stop_price, cmd.expire_ts, int(cmd.post_only), stp,
         )
 
     def _note_request(self, cmd: CancelOrder | ModifyOrder) -> None:
@@ -435,9 +469,10 @@ class Pipeline:
 
     def _apply(self, events: np.ndarray, ts: int, new: Order | None, out: list, request=None) -> list:
         """Stage 7 for one command: book events -> order transitions -> msgspec events."""
+        rows = events.tolist()
         if new is not None:
-            if len(events) and events[0, bk.EV_TYPE] == bk.REJECT and events[0, bk.EV_OID] == new.order_id:
-                code = int(events[0, bk.EV_REASON])
+            if rows and rows[0][EV_TYPE] == REJECT and rows[0][EV_OID] == new.order_id:
+                code = rows[0][EV_REASON]
                 new.apply(Transition.REJECT, ts)
                 out.append(OrderRejected(new.account, new.cl_ord_id, new.order_id, code, reason_text(code), ts))
                 return out
@@ -446,60 +481,61 @@ class Pipeline:
                 new.order_id, new.account, new.cl_ord_id, new.symbol, new.side,
                 new.order_type, new.price, new.qty, new.tif, ts,
             ))
-        for row in events.tolist():
-            self._apply_event(row, ts, out, request)
+        apply_event = self._apply_event
+        for row in rows:
+            apply_event(row, ts, out, request)
         return out
 
     def _apply_event(self, row: list, ts: int, out: list, request) -> None:
-        etype = row[bk.EV_TYPE]
+        etype = row[EV_TYPE]
         orders = self.orders
-        if etype == bk.TRADE:
-            price, qty = row[bk.EV_PRICE], row[bk.EV_QTY]
-            self._fill(orders[row[bk.EV_OID]], qty, price, False, ts, out)
-            self._fill(orders[row[bk.EV_OTHER]], qty, price, True, ts, out)
-        elif etype in (bk.REST, bk.PENDING_STOP):
-            pass  # already acknowledged; the order simply works
-        elif etype == bk.CANCEL:
-            order = orders[row[bk.EV_OID]]
-            code = row[bk.EV_REASON]
+        if etype == REST or etype == PENDING_STOP:
+            return  # already acknowledged; the order simply works
+        if etype == TRADE:
+            price, qty = row[EV_PRICE], row[EV_QTY]
+            self._fill(orders[row[EV_OID]], qty, price, False, ts, out)
+            self._fill(orders[row[EV_OTHER]], qty, price, True, ts, out)
+        elif etype == CANCEL:
+            order = orders[row[EV_OID]]
+            code = row[EV_REASON]
             order.apply(Transition.CANCEL, ts)
             out.append(OrderCanceled(
-                order.order_id, order.account, order.cl_ord_id, row[bk.EV_QTY], code, reason_text(code), ts
+                order.order_id, order.account, order.cl_ord_id, row[EV_QTY], code, reason_text(code), ts
             ))
-        elif etype == bk.EXPIRE:
-            order = orders[row[bk.EV_OID]]
+        elif etype == EXPIRE:
+            order = orders[row[EV_OID]]
             order.apply(Transition.EXPIRE, ts)
-            out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[bk.EV_QTY], row[bk.EV_REASON], ts))
-        elif etype == bk.TRIGGER:
-            order = orders[row[bk.EV_OID]]
+            out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[EV_QTY], row[EV_REASON], ts))
+        elif etype == TRIGGER:
+            order = orders[row[EV_OID]]
             order.triggered = True
             order.apply(Transition.TRIGGER, ts)
-            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, row[bk.EV_PRICE], ts))
-        elif etype == bk.REPLACE:
-            order = orders[row[bk.EV_OID]]
-            order.price = row[bk.EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
-            order.qty = order.cum_qty + row[bk.EV_LEAVES]
+            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, row[EV_PRICE], ts))
+        elif etype == REPLACE:
+            order = orders[row[EV_OID]]
+            order.price = row[EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
+            order.qty = order.cum_qty + row[EV_LEAVES]
             order.apply(Transition.REPLACE, ts)
             out.append(OrderReplaced(
                 order.order_id, order.account, (request and request.cl_ord_id) or order.cl_ord_id,
-                order.price, order.qty, row[bk.EV_LEAVES], bool(row[bk.EV_REASON]), ts,
+                order.price, order.qty, row[EV_LEAVES], bool(row[EV_REASON]), ts,
             ))
-        elif etype in (bk.CANCEL_REJECT, bk.MODIFY_REJECT):
-            order = orders.get(row[bk.EV_OID])
-            code = row[bk.EV_REASON]
+        elif etype in (CANCEL_REJECT, MODIFY_REJECT):
+            order = orders.get(row[EV_OID])
+            code = row[EV_REASON]
             if code == RejectCode.UNKNOWN_BOOK_ORDER and order is not None:
                 code = int(RejectCode.ORDER_NOT_WORKING)
             out.append(OrderCancelRejected(
                 order.account if order else "", request.cl_ord_id if request else "",
-                row[bk.EV_OID], code,
-                f"order {row[bk.EV_OID]} is {order.status.value}" if order else reason_text(code),
-                etype == bk.MODIFY_REJECT, ts,
+                row[EV_OID], code,
+                f"order {row[EV_OID]} is {order.status.value}" if order else reason_text(code),
+                etype == MODIFY_REJECT, ts,
             ))
-        elif etype == bk.REJECT:
-            order = orders[row[bk.EV_OID]]  # a triggered stop the book could not place
+        elif etype == REJECT:
+            order = orders[row[EV_OID]]  # a triggered stop the book could not place
             order.apply(Transition.REJECT, ts)
-            out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[bk.EV_REASON],
-                                     reason_text(row[bk.EV_REASON]), ts))
+            out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[EV_REASON],
+                                     reason_text(row[EV_REASON]), ts))
         else:
             raise RuntimeError(f"unknown book event type {etype}")
 

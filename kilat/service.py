@@ -132,7 +132,8 @@ class Service:
                 answers.append((request, [CommandError(int(RejectCode.INTERNAL_ERROR), "internal error; logged")]))
                 continue
             snapshot_asked |= kind is TakeSnapshot
-            answers.append((request, self._route(request.identity, events, pushes)))
+            account = getattr(message, "account", "")
+            answers.append((request, self._route(request.identity, account, events, pushes)))
         engine.commit()  # group commit: nothing below leaves before this returns
         if snapshot_asked or pipeline.seq - engine.snapshot_seq >= self._snapshot_every:
             engine.write_snapshot()
@@ -140,17 +141,20 @@ class Service:
         out.extend(Outgoing(identity, b"", events) for identity, events in pushes.items())
         return out
 
-    def _route(self, sender: bytes, events: list, pushes: dict[bytes, list]) -> list:
-        """The sender's own events form its reply; events on others' orders are pushed."""
+    def _route(self, sender: bytes, account: str, events: list, pushes: dict[bytes, list]) -> list:
+        """The sender gets what its command did to orders of the account it acted for; the
+        session that entered an order, if another one, gets those events pushed as well.
+        A counterparty's fills never reach the sender."""
         owners = self.owners
         mine = []
         for event in events:
             if type(event) is OrderAccepted:
                 owners[event.order_id] = sender
-            owner = owners.get(getattr(event, "order_id", 0), sender)
-            if owner == sender:
+            event_account = getattr(event, "account", None)
+            if event_account is None or event_account == account:
                 mine.append(event)
-            else:
+            owner = owners.get(getattr(event, "order_id", 0))
+            if owner is not None and owner != sender:
                 pushes.setdefault(owner, []).append(event)
         return mine
 

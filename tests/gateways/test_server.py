@@ -160,3 +160,18 @@ def test_filled_event_round_trips_through_the_wire_format():
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(event), type=OrderFilled) == event
     cmd = SubmitOrder("FUND1", "c", "AAPL", Side.SELL, 3, price=15_000)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(cmd))[:4] == ["SubmitOrder", "FUND1", "c", "AAPL"]
+
+
+def test_cancel_from_another_session_answers_it_and_pushes_to_the_entering_session(live):
+    with KilatClient(live.endpoint) as entering, KilatClient(live.endpoint) as other:
+        (accepted,) = entering.submit("FUND1", "AAPL", Side.BUY, 5, 15_000, cl_ord_id="x1")
+        replies = other.cancel("FUND1", accepted.order_id)
+        assert kinds(replies) == ["OrderCanceled"]
+        assert kinds(list(entering.events(timeout=2.0))) == ["OrderCanceled"]
+
+
+def test_counterparty_fills_never_reach_the_sender(live):
+    with KilatClient(live.endpoint) as maker, KilatClient(live.endpoint) as taker:
+        maker.submit("MM1", "AAPL", Side.SELL, 5, 15_000, cl_ord_id="cp1")
+        replies = taker.submit("FUND2", "AAPL", Side.BUY, 5, 15_000, cl_ord_id="cp2")
+        assert {e.account for e in replies} == {"FUND2"}

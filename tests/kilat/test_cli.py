@@ -1,0 +1,124 @@
+"""The `kilat` command line, run as real subprocesses against a real `kilat serve`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.refbook import ReferenceBook
+from engine.workload import generate_workload, save_workload, to_arrays, to_commands
+from tests.conftest import ROOT, ServeProcess, free_port
+
+
+def kilat(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kilat", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    server = ServeProcess(tmp_path_factory.mktemp("cli") / "data", free_port())
+    yield server
+    server.stop()
+
+
+def test_submit_orders_book_modify_cancel_from_the_command_line(served):
+    ep = ("--endpoint", served.endpoint)
+    sell = kilat("submit", "MM1", "AAPL", "sell", "40", "--price", "189.95", "--tif", "gtc",
+                 "--cl-ord-id", "cli-s1", *ep)
+    assert sell.returncode == 0, sell.stderr
+    assert "OrderAccepted" in sell.stdout and "price=189.95" in sell.stdout
+    buy = kilat("submit", "FUND1", "AAPL", "buy", "100", "--price", "189.95", "--cl-ord-id", "cli-b1",
+                *ep, "--json")
+    lines = [json.loads(line) for line in buy.stdout.splitlines()]
+    assert [e["type"] for e in lines] == ["OrderAccepted", "OrderFilled"]
+    assert lines[1]["last_qty"] == 40 and lines[1]["last_px"] == 18_995
+    order_id = lines[0]["order_id"]
+    book = kilat("book", "AAPL", *ep)
+    assert "189.95" in book.stdout and "60" in book.stdout
+    modify = kilat("modify", "FUND1", str(order_id), "--qty", "80", *ep)
+    assert modify.returncode == 0 and "OrderReplaced" in modify.stdout and "leaves_qty=40" in modify.stdout
+    orders = kilat("orders", "--account", "FUND1", "--open", *ep)
+    assert "cli-b1" in orders.stdout and "PartiallyFilled" in orders.stdout
+    cancel = kilat("cancel", "FUND1", str(order_id), *ep)
+    assert cancel.returncode == 0 and "OrderCanceled" in cancel.stdout
+    again = kilat("cancel", "FUND1", str(order_id), *ep)
+    assert again.returncode == 1 and "OrderCancelRejected" in again.stdout
+
+
+def test_bad_input_on_the_command_line_says_what_was_expected(served):
+    ep = ("--endpoint", served.endpoint)
+    tick = kilat("submit", "FUND1", "AAPL", "buy", "1", "--price", "189.955", *ep)
+    assert tick.returncode == 2 and "not a multiple of tick size 0.01" in tick.stderr
+    unknown = kilat("submit", "FUND1", "NOPE", "buy", "1", "--price", "1", *ep)
+    assert unknown.returncode == 2 and "unknown instrument 'NOPE'" in unknown.stderr
+    band = kilat("submit", "FUND1", "AAPL", "buy", "1", "--price", "5000", *ep)
+    assert band.returncode == 1 and "PRICE_OUTSIDE_BAND" not in band.stdout and "code=1005" in band.stdout
+
+
+def test_unreachable_server_is_a_clear_error():
+    result = kilat("orders", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert result.returncode == 3 and "is `kilat serve` running?" in result.stderr
+
+
+def test_bench_book_replays_a_recorded_stream_through_both_books(tmp_path):
+    arrays = to_arrays(generate_workload(20_000, seed=5))
+    path = tmp_path / "flow.npz"
+    save_workload(path, arrays)
+    result = kilat("bench", "book", "--workload", str(path), "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    book = ReferenceBook(1, 100_000)
+    book.process_batch(to_commands(arrays))
+    assert out["trades"] == book.stats()["trades"] and out["traded_qty"] == book.stats()["traded_qty"]
+    assert (out["best_bid"], out["best_ask"]) == (book.best_bid(0), book.best_ask(0))
+    assert out["resting_orders"] == book.resting_orders()
+    assert out["ops_per_s"] > 0 and out["reference_ops_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda a: a.pop("qty"), "missing"),
+        (lambda a: a.__setitem__("side", a["side"][:-1]), "length"),
+        (lambda a: a.__setitem__("price", a["price"].astype(np.float64)), "integer"),
+        (lambda a: a["op"].__setitem__(3, 9), "op"),
+    ],
+)
+def test_bench_book_refuses_a_file_that_breaks_the_format(tmp_path, mutate, words):
+    arrays = {k: v.copy() for k, v in to_arrays(generate_workload(100, seed=1)).items()}
+    mutate(arrays)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = kilat("bench", "book", "--workload", str(path), "--json")
+    assert result.returncode == 2 and words in result.stderr.lower()
+
+
+def test_kilat_run_serves_shows_the_scripted_flow_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kilat", "run", "--endpoint", f"tcp://127.0.0.1:{port}",
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "Kilat keeps serving" in line:
+                break
+        text = "".join(seen)
+        assert "kilat: ready" in text
+        assert "FUND1 buys 400 AAPL" in text and text.count("OrderFilled") >= 4
+        assert "maker=True" in text  # the maker's fills were pushed to its own session
+        assert "DUPLICATE" in text.upper() or "code=1101" in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
