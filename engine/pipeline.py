@@ -165,27 +165,27 @@ class Pipeline:
         self._journal(cmd)
         return self._execute(prepared)
 
-    def process_batch(self, cmds: Sequence) -> list:
+    def process_batch(self, cmds: Sequence) -> list[list]:
         """Throughput path: consecutive submits and cancels run through one jitted book call.
 
-        Returns every event, in command order, identical to calling ``process`` on each command.
-        Orders are opened and ClOrdIDs noted as each command passes its checks, as ``process``
-        does; a refusal, a modify or any other command ends the run (a modify's checks must see
-        the run's fills).
+        Returns each command's events (a list per command, in order), identical to calling
+        ``process`` on each. Orders are opened and ClOrdIDs noted as each command passes its
+        checks, as ``process`` does; a refusal, a modify or any other command ends the run (a
+        modify's checks must see the run's fills).
         """
-        events: list = []
+        results: list[list] = []
         run: list[_Prepared] = []
         for cmd in cmds:
             kind = type(cmd)
             if run and kind is not SubmitOrder and kind is not CancelOrder:
-                events.extend(self._execute_run(run))
+                results.extend(self._execute_run(run))
                 run = []
             prepared = self._check(cmd, run_hooks=True)
             if not isinstance(prepared, _Prepared):
                 if run:
-                    events.extend(self._execute_run(run))
+                    results.extend(self._execute_run(run))
                     run = []
-                events.extend(prepared)
+                results.append(prepared)
                 continue
             self._journal(cmd)
             if prepared.op == bk.OP_SUBMIT:
@@ -195,10 +195,10 @@ class Pipeline:
                 self._note_request(cmd)
                 run.append(prepared)
             else:
-                events.extend(self._execute(prepared))
+                results.append(self._execute(prepared))
         if run:
-            events.extend(self._execute_run(run))
-        return events
+            results.extend(self._execute_run(run))
+        return results
 
     def replay(self, seq: int, cmd) -> list:
         """Re-apply a journaled command during recovery (no hooks, no journal)."""
@@ -419,7 +419,7 @@ class Pipeline:
             return self._apply(book.expire(cmd.ts), cmd.ts, None, out)
         return [CommandDone("TakeSnapshot", self.seq, 0)]  # the service writes the file
 
-    def _execute_run(self, run: list[_Prepared]) -> list:
+    def _execute_run(self, run: list[_Prepared]) -> list[list]:
         """A run of submits (orders already opened) and cancels in one jitted book call; each
         command's slice of the event stream is then applied exactly as ``process`` would."""
         rows = np.zeros((len(run), bk.C_NCOLS), dtype=np.int64)
@@ -432,15 +432,15 @@ class Pipeline:
         starts = np.empty(len(run) + 1, dtype=np.int64)
         events = self.book.process_batch(rows, starts)
         starts[len(run)] = len(events)
-        out: list = []
+        results: list[list] = []
         bounds = starts.tolist()
         for i, p in enumerate(run):
             chunk = events[bounds[i]:bounds[i + 1]]
             if p.op == bk.OP_SUBMIT:
-                self._apply(chunk, p.cmd.ts, p.order, out)
+                results.append(self._apply(chunk, p.cmd.ts, p.order, []))
             else:
-                self._apply(chunk, p.cmd.ts, None, out, p.cmd)
-        return out
+                results.append(self._apply(chunk, p.cmd.ts, None, [], p.cmd))
+        return results
 
     def _open(self, cmd: SubmitOrder) -> Order:
         inst = self.ref.instruments[cmd.symbol]

@@ -60,10 +60,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_serve(args) -> int:
+    import logging
+
+    from engine.journal import JournalError
+    from engine.snapshot import SnapshotCorruptError
     from kilat.service import serve
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
-    serve(config, args.data_dir, args.endpoint)
+    try:
+        serve(config, args.data_dir, args.endpoint)
+    except (JournalError, SnapshotCorruptError) as exc:
+        print(f"kilat: cannot recover the engine state: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

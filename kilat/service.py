@@ -111,35 +111,48 @@ class Service:
     # -- THE LOOP BATCH --
 
     def handle(self, requests: list[Request]) -> list[Outgoing]:
-        """One loop batch: process every request, commit once, then say what to send."""
-        engine, pipeline = self.engine, self.engine.pipeline
+        """One loop batch: run every request in order, commit once, then say what to send.
+
+        Consecutive state commands go through the pipeline's batch path together; a query
+        first flushes them, so it sees everything sent before it.
+        """
+        engine = self.engine
         now = max((getattr(r.message, "ts", 0) for r in requests), default=0)
         pushes: dict[bytes, list] = {}
         self._expire_due(now or time.time_ns(), pushes)
         answers: list[tuple[Request, list]] = []
-        snapshot_asked = False
+        pending: list[Request] = []
         for request in requests:
-            message = request.message
-            kind = type(message)
-            if kind is QueryOrders or kind is QueryBook or kind is Ping:
-                answers.append((request, [self._answer(message)]))
-                continue
-            try:
-                events = pipeline.process(message)
-            except Exception:  # an engine bug: say so to the sender, keep the others served
-                log.exception("internal error on %s from %r", kind.__name__, request.identity)
-                self.internal_errors += 1
-                answers.append((request, [CommandError(int(RejectCode.INTERNAL_ERROR), "internal error; logged")]))
-                continue
-            snapshot_asked |= kind is TakeSnapshot
-            account = getattr(message, "account", "")
-            answers.append((request, self._route(request.identity, account, events, pushes)))
+            if type(request.message) in _QUERIES:
+                self._run(pending, answers, pushes)
+                pending = []
+                answers.append((request, [self._answer(request.message)]))
+            else:
+                pending.append(request)
+        snapshot_asked = self._run(pending, answers, pushes)
         engine.commit()  # group commit: nothing below leaves before this returns
-        if snapshot_asked or pipeline.seq - engine.snapshot_seq >= self._snapshot_every:
+        if snapshot_asked or engine.pipeline.seq - engine.snapshot_seq >= self._snapshot_every:
             engine.write_snapshot()
         out = [Outgoing(r.identity, r.request_id, replies) for r, replies in answers]
         out.extend(Outgoing(identity, b"", events) for identity, events in pushes.items())
         return out
+
+    def _run(self, pending: list[Request], answers: list, pushes: dict[bytes, list]) -> bool:
+        """State commands through the batch path; returns whether one asked for a snapshot."""
+        if not pending:
+            return False
+        try:
+            results = self.engine.pipeline.process_batch([r.message for r in pending])
+        except Exception:  # an engine bug: say so to the senders, keep the others served
+            log.exception("internal error in a batch of %d commands", len(pending))
+            self.internal_errors += 1
+            error = CommandError(int(RejectCode.INTERNAL_ERROR), "internal error; logged")
+            answers.extend((r, [error]) for r in pending)
+            return False
+        for request, events in zip(pending, results, strict=True):
+            account = getattr(request.message, "account", "")
+            answers.append((request, self._route(request.identity, account, events, pushes)))
+        return any(type(r.message) is TakeSnapshot for r in pending)
 
     def _route(self, sender: bytes, account: str, events: list, pushes: dict[bytes, list]) -> list:
         """The sender gets what its command did to orders of the account it acted for; the
@@ -224,6 +237,9 @@ class Service:
             self.engine.close()
             self.server.close()
             log.info("stopped at seq %d", self.engine.pipeline.seq)
+
+
+_QUERIES = (QueryOrders, QueryBook, Ping)
 
 
 def _order_view(o) -> OrderView:

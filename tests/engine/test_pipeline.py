@@ -293,10 +293,11 @@ def random_commands(n: int, seed: int) -> list:
 def test_batch_path_gives_the_same_events_and_state_as_the_per_command_path():
     cmds = random_commands(4_000, seed=7)
     single, batched = Pipeline(REF, make_book("numba")), Pipeline(REF, make_book("numba"))
-    one_by_one = [e for c in cmds for e in single.process(c)]
+    one_by_one = [single.process(c) for c in cmds]
     in_batches = []
     for start in range(0, len(cmds), 97):
         in_batches.extend(batched.process_batch(cmds[start:start + 97]))
+    assert len(in_batches) == len(cmds)
     assert msgspec.msgpack.encode(in_batches) == msgspec.msgpack.encode(one_by_one)
     assert batched.state_hash() == single.state_hash()
 

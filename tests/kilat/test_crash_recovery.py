@@ -94,3 +94,51 @@ def test_restart_replays_to_the_same_book(tmp_path):
         assert ready_s < 30  # generous: the cold-start figure is a benchmark, not a test
     finally:
         again.stop()
+
+
+def _journal_with_orders(tmp_path, n: int):
+    data, port = tmp_path / "data", free_port()
+    server = ServeProcess(data, port)
+    try:
+        with KilatClient(server.endpoint) as kc:
+            for i in range(n):
+                kc.submit("FUND1", "AAPL", Side.BUY, 1, 15_000 - i, cl_ord_id=f"j{i}")
+    finally:
+        server.kill()
+    return data, port
+
+
+def test_corrupt_record_mid_journal_stops_start_up_naming_the_offset(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.journal import FILE_HEADER_SIZE
+    from tests.conftest import ROOT
+
+    data, port = _journal_with_orders(tmp_path, 10)
+    path = data / "journal.kjl"
+    raw = bytearray(path.read_bytes())
+    offset = FILE_HEADER_SIZE + 16 + 5  # inside the first record's payload
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "kilat", "serve", "--endpoint", f"tcp://127.0.0.1:{port}",
+         "--data-dir", str(data)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    assert "cannot recover the engine state" in result.stderr
+    assert f"offset {FILE_HEADER_SIZE}" in result.stderr
+    assert path.read_bytes() == bytes(raw)  # nothing was cut or rewritten
+
+
+def test_torn_journal_tail_is_cut_with_a_warning_and_the_rest_recovered(tmp_path):
+    data, port = _journal_with_orders(tmp_path, 10)
+    path = data / "journal.kjl"
+    path.write_bytes(path.read_bytes()[:-7])  # the last record's fsync never completed
+    server = ServeProcess(data, port)
+    try:
+        assert "recovered 9 commands" in server.ready_line
+        with KilatClient(server.endpoint) as kc:
+            assert sorted(o.cl_ord_id for o in kc.orders()) == sorted(f"j{i}" for i in range(9))
+    finally:
+        server.stop()
+    assert "torn" in server.proc.stderr.read().lower()
