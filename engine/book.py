@@ -177,7 +177,26 @@ _EMPTY = -1
 
 # Kernels never allocate, so they run without numba's reference-counting runtime: with it, every
 # call between jitted functions increfs/decrefs each array argument (~100 ns per command).
-_kernel = njit(cache=True, _nrt=False)
+
+def _make_kernel(**extra):
+    """njit(cache=True, _nrt=False, **extra); plain njit(cache=True, **extra) if this numba
+    rejects the private ``_nrt`` option (the kernels never allocate, so both behave the same)."""
+    try:
+        deco = njit(cache=True, _nrt=False, **extra)
+        deco(_probe_nrt)()  # options are checked at compile time: compile a trivial function
+        return deco
+    except Exception:  # noqa: BLE001 - any rejection means: run with the NRT
+        return njit(cache=True, **extra)
+
+
+def _probe_nrt():
+    return 0
+
+
+_kernel = _make_kernel(error_model="numpy")
+# the tiny helpers called once or more per command: inlined into their callers (numba IR level),
+# which saves a call that passes every array as ~9 machine words.
+_inline = _make_kernel(error_model="numpy", inline="always")
 _SCAN = 8  # ladder positions scanned linearly from the touch before binary search
 
 # ================================================================================================
@@ -185,7 +204,7 @@ _SCAN = 8  # ladder positions scanned linearly from the touch before binary sear
 # ================================================================================================
 
 
-@_kernel
+@_inline
 def _emit(events, meta, etype, oid, other, price, qty, leaves, other_leaves, reason):
     n = meta[M_NEV]
     events[n, 0] = etype
@@ -202,7 +221,7 @@ def _emit(events, meta, etype, oid, other, price, qty, leaves, other_leaves, rea
 # -- hash map: oid -> slot -----------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _h_find(index, meta, oid):
     mask = meta[M_HMASK]
     i = (oid ^ (oid >> meta[M_HSHIFT])) & mask
@@ -215,7 +234,7 @@ def _h_find(index, meta, oid):
         i = (i + 1) & mask
 
 
-@_kernel
+@_inline
 def _h_insert(index, meta, oid, slot):
     mask = meta[M_HMASK]
     i = (oid ^ (oid >> meta[M_HSHIFT])) & mask
@@ -225,7 +244,7 @@ def _h_insert(index, meta, oid, slot):
     index[i, 1] = slot
 
 
-@_kernel
+@_inline
 def _h_delete(index, meta, oid):
     mask = meta[M_HMASK]
     shift = meta[M_HSHIFT]
@@ -259,7 +278,7 @@ def _h_delete(index, meta, oid):
 # -- order slots ---------------------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _alloc_order(orders, index, meta, oid):
     s = meta[M_FREE_ORDER]
     meta[M_FREE_ORDER] = orders[s, O_NEXT]
@@ -268,7 +287,7 @@ def _alloc_order(orders, index, meta, oid):
     return s
 
 
-@_kernel
+@_inline
 def _free_order(orders, index, meta, slot):
     _h_delete(index, meta, orders[slot, O_OID])
     orders[slot, O_STATE] = ST_FREE
@@ -277,7 +296,7 @@ def _free_order(orders, index, meta, slot):
     meta[M_NLIVE] -= 1
 
 
-@_kernel
+@_inline
 def _fill_order(
     orders,
     slot,
@@ -314,7 +333,7 @@ def _fill_order(
 # -- ladders and levels --------------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _ladder_search(levels, inst, instr, side, price, max_levels):
     """(position, found) of ``price`` in the side's ladder; linear from the touch, then binary."""
     base = I_LADDER + side * max_levels
@@ -350,7 +369,7 @@ def _ladder_search(levels, inst, instr, side, price, max_levels):
     return lo, False
 
 
-@_kernel
+@_inline
 def _level_room(levels, inst, meta, instr, side, price):
     """True if an order could rest at ``price`` (its level exists or the side has room)."""
     max_levels = meta[M_MAX_LEVELS]
@@ -360,7 +379,7 @@ def _level_room(levels, inst, meta, instr, side, price):
     return found
 
 
-@_kernel
+@_inline
 def _drop_level(levels, inst, meta, instr, side, lvl):
     """Remove an empty level from its ladder and free it. O(1) at the touch, else O(log L + d)."""
     max_levels = meta[M_MAX_LEVELS]
@@ -377,7 +396,7 @@ def _drop_level(levels, inst, meta, instr, side, lvl):
     meta[M_FREE_LEVEL] = lvl
 
 
-@_kernel
+@_inline
 def _rest(orders, levels, inst, meta, slot, instr, side, price):
     """Append the order in ``slot`` to the tail of its price level, creating the level."""
     max_levels = meta[M_MAX_LEVELS]
@@ -415,7 +434,7 @@ def _rest(orders, levels, inst, meta, slot, instr, side, price):
     meta[M_NRESTING] += 1
 
 
-@_kernel
+@_inline
 def _detach(orders, levels, inst, meta, slot):
     """Unlink a resting order from its level (dropping the level if it empties). O(1) if not."""
     lvl = orders[slot, O_LEVEL]
@@ -437,7 +456,7 @@ def _detach(orders, levels, inst, meta, slot):
         _drop_level(levels, inst, meta, orders[slot, O_INSTR], orders[slot, O_SIDE], lvl)
 
 
-@_kernel
+@_inline
 def _crosses(levels, inst, meta, instr, side, price, is_market):
     opp = 1 - side
     n = inst[instr, I_NLEV + opp]
@@ -454,7 +473,7 @@ def _crosses(levels, inst, meta, instr, side, price, is_market):
 # -- pending stops -------------------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _stop_append(orders, inst, instr, slot):
     tail = inst[instr, I_STOP_TAIL]
     orders[slot, O_PREV] = tail
@@ -467,7 +486,7 @@ def _stop_append(orders, inst, instr, slot):
     inst[instr, I_NSTOP] += 1
 
 
-@_kernel
+@_inline
 def _stop_unlink(orders, inst, instr, slot):
     p = orders[slot, O_PREV]
     nx = orders[slot, O_NEXT]
@@ -593,7 +612,7 @@ def _heap_pop(index, meta):
 # -- matching ------------------------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _pop_head(orders, levels, inst, index, meta, instr, side, lvl, m):
     """Remove maker ``m`` (the head of the best level ``lvl``); True if the level vanished."""
     nx = orders[m, O_NEXT]
@@ -954,7 +973,7 @@ def _submit(
     )
 
 
-@_kernel
+@_inline
 def _remove_live(orders, levels, inst, index, meta, events, slot, etype, reason):
     """Take a resting order or pending stop out of the book with one event."""
     leaves = orders[slot, O_LEAVES]
@@ -966,7 +985,7 @@ def _remove_live(orders, levels, inst, index, meta, events, slot, etype, reason)
     _free_order(orders, index, meta, slot)
 
 
-@_kernel
+@_inline
 def _cancel(orders, levels, inst, index, meta, events, oid):
     slot = _h_find(index, meta, oid) if oid >= 0 else -1
     if slot < 0:
@@ -1589,7 +1608,9 @@ class NumbaBook:
     event buffer (``engine.book_events.EV_*``), valid until the next call.
     """
 
-    batch_event_rows = 1 << 17  # event buffer rows process_batch grows to before it starts
+    # event buffer rows process_batch starts with; None = sized from the batch (1.5 rows per
+    # command, grown if short). Tests set a small value to force mid-batch drains.
+    batch_event_rows: int | None = None
 
     def __init__(
         self,
@@ -1811,14 +1832,26 @@ class NumbaBook:
         cmds = np.ascontiguousarray(cmds, dtype=np.int64)
         if cmds.ndim != 2 or cmds.shape[1] != C_NCOLS:
             raise ValueError(f"cmds must have shape (n, {C_NCOLS}), got {cmds.shape}")
+        n = cmds.shape[0]
         if starts is None:
-            starts = np.empty(cmds.shape[0], dtype=np.int64)
-        base = 0
-        self._grow_events(self.batch_event_rows)
+            starts = np.empty(n, dtype=np.int64)
+        worst = self._worst
+        fixed = self.batch_event_rows
+        # Small batches (or a forced buffer size) run in the book's own buffer and are copied
+        # out; large ones write straight into a fresh output array sized from an estimate
+        # (1.5 rows per command), so the events are never copied unless the estimate is short.
+        estimate = n + (n >> 1) + worst
+        own = fixed is not None or estimate <= self._events.shape[0]
+        if own:
+            if fixed is not None:
+                self._grow_events(fixed)
+            buf = self._events
+        else:
+            buf = np.empty((estimate, EV_NCOLS), dtype=np.int64)
         meta = self._meta
         meta[M_NEV] = 0
         chunks = []
-        n = cmds.shape[0]
+        base = 0
         k = 0
         while True:
             k = _run_batch(
@@ -1827,7 +1860,7 @@ class NumbaBook:
                 self._inst,
                 self._index,
                 meta,
-                self._events,
+                buf,
                 self._scratch,
                 cmds,
                 k,
@@ -1837,18 +1870,26 @@ class NumbaBook:
             if k >= n:
                 break
             nev = int(meta[M_NEV])
-            chunks.append(self._events[:nev].copy())
+            chunks.append(buf[:nev].copy() if own else buf[:nev])
             base += nev
             meta[M_NEV] = 0
-            need = int(meta[M_NEED]) + self._worst
+            need = int(meta[M_NEED]) + worst
             meta[M_NEED] = 0
-            self._grow_events(need)
+            if own:
+                self._grow_events(need)
+                buf = self._events
+            else:
+                rest = n - k
+                buf = np.empty((max(need, rest + (rest >> 1) + worst), EV_NCOLS), dtype=np.int64)
         nev = int(meta[M_NEV])
+        meta[M_NEV] = 0
         if chunks:
-            chunks.append(self._events[:nev])
+            chunks.append(buf[:nev])
             out = np.concatenate(chunks)
+        elif own or 2 * nev + 4096 < buf.shape[0]:
+            out = buf[:nev].copy()  # do not pin a mostly unused buffer
         else:
-            out = self._events[:nev].copy()
+            out = buf[:nev]
         out.flags.writeable = False
         return out
 

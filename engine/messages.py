@@ -205,6 +205,7 @@ class OrderReplaced(msgspec.Struct, **_HOT):
     order_id: int
     account: str
     cl_ord_id: str
+    symbol: str
     price: int
     qty: int
     leaves_qty: int
@@ -239,6 +240,7 @@ class OrderTriggered(msgspec.Struct, **_HOT):
     order_id: int
     account: str
     cl_ord_id: str
+    symbol: str
     trigger_px: int
     ts: int
 

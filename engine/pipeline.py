@@ -510,7 +510,8 @@ class Pipeline:
             order = orders[row[EV_OID]]
             order.triggered = True
             order.apply(Transition.TRIGGER, ts)
-            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, row[EV_PRICE], ts))
+            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, order.symbol,
+                                      row[EV_PRICE], ts))
         elif etype == REPLACE:
             order = orders[row[EV_OID]]
             order.price = row[EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
@@ -518,7 +519,7 @@ class Pipeline:
             order.apply(Transition.REPLACE, ts)
             out.append(OrderReplaced(
                 order.order_id, order.account, (request and request.cl_ord_id) or order.cl_ord_id,
-                order.price, order.qty, row[EV_LEAVES], bool(row[EV_REASON]), ts,
+                order.symbol, order.price, order.qty, row[EV_LEAVES], bool(row[EV_REASON]), ts,
             ))
         elif etype in (CANCEL_REJECT, MODIFY_REJECT):
             order = orders.get(row[EV_OID])
