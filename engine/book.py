@@ -634,7 +634,7 @@ def _pop_head(orders, levels, inst, index, meta, instr, side, lvl, m):
     return False
 
 
-@_kernel
+@_inline
 def _match(
     orders,
     levels,
@@ -762,7 +762,7 @@ def _fok_fillable(orders, levels, inst, meta, instr, side, account, price, is_ma
     return False
 
 
-@_kernel
+@_inline
 def _take(
     orders,
     levels,
@@ -882,7 +882,7 @@ def _take(
 # -- commands ------------------------------------------------------------------------------------
 
 
-@_kernel
+@_inline
 def _submit(
     orders,
     levels,

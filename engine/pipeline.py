@@ -14,7 +14,8 @@ them all); stages 6-7 are the only ones that write. Time is the ``ts`` stamped o
 
 Two paths share every stage: ``process`` (one command, latency) and ``process_batch`` (many
 commands, one jitted book call: throughput). Recovery replays journaled commands through
-``replay``, which runs stages 1, 2, 6 and 7 and must reach the identical state.
+``replay_batch``, which runs stages 1, 2, 6 and 7 (building no events) and must reach the
+identical state.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Pipeline:
         self.next_order_id = 1
         self.next_exec_id = 1
         self.seq = 0  # last applied journal sequence number
+        self._emit = True  # off while replaying: state changes, no event objects
         self._encode = msgspec.msgpack.Encoder().encode
         self._account_index = ref.account_index
         self._stp_default = {a: int(ref.stp_mode(a)) for a in ref.accounts}
@@ -173,6 +175,20 @@ class Pipeline:
         checks, as ``process`` does; a refusal, a modify or any other command ends the run (a
         modify's checks must see the run's fills).
         """
+        return self._batch(cmds, live=True)
+
+    def replay_batch(self, first_seq: int, cmds: Sequence) -> None:
+        """Recovery's fast path: re-apply journaled commands ``first_seq``, ``first_seq + 1``, …
+        through the batch path, building no events. Raises if one is now refused."""
+        if first_seq != self.seq + 1:
+            raise RuntimeError(f"replay expected seq {self.seq + 1}, got {first_seq}")
+        self._emit = False
+        try:
+            self._batch(cmds, live=False)
+        finally:
+            self._emit = True
+
+    def _batch(self, cmds: Sequence, live: bool) -> list[list]:
         results: list[list] = []
         run: list[_Prepared] = []
         for cmd in cmds:
@@ -180,14 +196,22 @@ class Pipeline:
             if run and kind is not SubmitOrder and kind is not CancelOrder:
                 results.extend(self._execute_run(run))
                 run = []
-            prepared = self._check(cmd, run_hooks=True)
+            prepared = self._check(cmd, run_hooks=live)
             if not isinstance(prepared, _Prepared):
+                if not live:
+                    raise RuntimeError(
+                        f"replay diverged at seq {self.seq + 1}: a journaled {kind.__name__} is now "
+                        f"refused ({prepared[0]!r})"
+                    )
                 if run:
                     results.extend(self._execute_run(run))
                     run = []
                 results.append(prepared)
                 continue
-            self._journal(cmd)
+            if live:
+                self._journal(cmd)
+            else:
+                self.seq += 1
             if prepared.op == bk.OP_SUBMIT:
                 prepared.order = self._open(cmd)
                 run.append(prepared)
@@ -199,17 +223,6 @@ class Pipeline:
         if run:
             results.extend(self._execute_run(run))
         return results
-
-    def replay(self, seq: int, cmd) -> list:
-        """Re-apply a journaled command during recovery (no hooks, no journal)."""
-        prepared = self._check(cmd, run_hooks=False)
-        if not isinstance(prepared, _Prepared):
-            raise RuntimeError(
-                f"replay diverged at seq {seq}: a journaled {type(cmd).__name__} is now refused "
-                f"({prepared[0]!r})"
-            )
-        self.seq = seq
-        return self._execute(prepared)
 
     def next_expiry(self) -> int:
         """When the earliest GTD order expires (ns), or 0 if none. O(1)."""
@@ -422,13 +435,12 @@ class Pipeline:
     def _execute_run(self, run: list[_Prepared]) -> list[list]:
         """A run of submits (orders already opened) and cancels in one jitted book call; each
         command's slice of the event stream is then applied exactly as ``process`` would."""
-        rows = np.zeros((len(run), bk.C_NCOLS), dtype=np.int64)
-        for i, p in enumerate(run):
-            rows[i, bk.C_OP] = p.op
-            if p.op == bk.OP_SUBMIT:
-                rows[i, bk.C_OID:bk.C_STP + 1] = self._book_fields(p.order, p.cmd)
-            else:
-                rows[i, bk.C_OID] = p.order.order_id
+        cancel_pad = (0,) * (bk.C_NCOLS - 2)
+        rows = np.array([
+            (bk.OP_SUBMIT, *self._book_fields(p.order, p.cmd)) if p.op == bk.OP_SUBMIT
+            else (bk.OP_CANCEL, p.order.order_id, *cancel_pad)
+            for p in run
+        ], dtype=np.int64)
         starts = np.empty(len(run) + 1, dtype=np.int64)
         events = self.book.process_batch(rows, starts)
         starts[len(run)] = len(events)
@@ -468,25 +480,32 @@ class Pipeline:
             self.cl_ord_ids[(cmd.account, cmd.cl_ord_id)] = 0
 
     def _apply(self, events: np.ndarray, ts: int, new: Order | None, out: list, request=None) -> list:
-        """Stage 7 for one command: book events -> order transitions -> msgspec events."""
+        """Stage 7 for one command: book events -> order transitions -> msgspec events.
+
+        During replay (``_emit`` off) the transitions are applied and no event is built.
+        """
         rows = events.tolist()
+        sink = out if self._emit else None
         if new is not None:
             if rows and rows[0][EV_TYPE] == REJECT and rows[0][EV_OID] == new.order_id:
                 code = rows[0][EV_REASON]
                 new.apply(Transition.REJECT, ts)
-                out.append(OrderRejected(new.account, new.cl_ord_id, new.order_id, code, reason_text(code), ts))
+                if sink is not None:
+                    out.append(OrderRejected(new.account, new.cl_ord_id, new.order_id, code, reason_text(code), ts))
                 return out
             new.apply(Transition.ACCEPT, ts)
-            out.append(OrderAccepted(
-                new.order_id, new.account, new.cl_ord_id, new.symbol, new.side,
-                new.order_type, new.price, new.qty, new.tif, ts,
-            ))
+            if sink is not None:
+                out.append(OrderAccepted(
+                    new.order_id, new.account, new.cl_ord_id, new.symbol, new.side,
+                    new.order_type, new.price, new.qty, new.tif, ts,
+                ))
         apply_event = self._apply_event
         for row in rows:
-            apply_event(row, ts, out, request)
+            apply_event(row, ts, sink, request)
         return out
 
-    def _apply_event(self, row: list, ts: int, out: list, request) -> None:
+    def _apply_event(self, row: list, ts: int, out: list | None, request) -> None:
+        """Apply one book event to the orders; append its msgspec event unless ``out`` is None."""
         etype = row[EV_TYPE]
         orders = self.orders
         if etype == REST or etype == PENDING_STOP:
@@ -499,29 +518,35 @@ class Pipeline:
             order = orders[row[EV_OID]]
             code = row[EV_REASON]
             order.apply(Transition.CANCEL, ts)
-            out.append(OrderCanceled(
+            if out is not None:
+                out.append(OrderCanceled(
                 order.order_id, order.account, order.cl_ord_id, row[EV_QTY], code, reason_text(code), ts
             ))
         elif etype == EXPIRE:
             order = orders[row[EV_OID]]
             order.apply(Transition.EXPIRE, ts)
-            out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[EV_QTY], row[EV_REASON], ts))
+            if out is not None:
+                out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[EV_QTY], row[EV_REASON], ts))
         elif etype == TRIGGER:
             order = orders[row[EV_OID]]
             order.triggered = True
             order.apply(Transition.TRIGGER, ts)
-            out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, order.symbol,
+            if out is not None:
+                out.append(OrderTriggered(order.order_id, order.account, order.cl_ord_id, order.symbol,
                                       row[EV_PRICE], ts))
         elif etype == REPLACE:
             order = orders[row[EV_OID]]
             order.price = row[EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
             order.qty = order.cum_qty + row[EV_LEAVES]
             order.apply(Transition.REPLACE, ts)
-            out.append(OrderReplaced(
+            if out is not None:
+                out.append(OrderReplaced(
                 order.order_id, order.account, (request and request.cl_ord_id) or order.cl_ord_id,
                 order.symbol, order.price, order.qty, row[EV_LEAVES], bool(row[EV_REASON]), ts,
             ))
         elif etype in (CANCEL_REJECT, MODIFY_REJECT):
+            if out is None:
+                return
             order = orders.get(row[EV_OID])
             code = row[EV_REASON]
             if code == RejectCode.UNKNOWN_BOOK_ORDER and order is not None:
@@ -535,15 +560,18 @@ class Pipeline:
         elif etype == REJECT:
             order = orders[row[EV_OID]]  # a triggered stop the book could not place
             order.apply(Transition.REJECT, ts)
-            out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[EV_REASON],
+            if out is not None:
+                out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[EV_REASON],
                                      reason_text(row[EV_REASON]), ts))
         else:
             raise RuntimeError(f"unknown book event type {etype}")
 
-    def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list) -> None:
+    def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list | None) -> None:
         order.fill(qty, price, ts)
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
+        if out is None:
+            return
         out.append(OrderFilled(
             order.order_id, order.account, order.cl_ord_id, order.symbol, order.side, exec_id,
             qty, price, order.cum_qty, order.leaves_qty, order.notional / order.cum_qty, maker, ts,
@@ -618,6 +646,12 @@ class _Snapshot(msgspec.Struct):
     cl_ord_ids: list[tuple[str, str, int]]
     book: bytes
 
+
+# ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.
+if (bk.C_OP, bk.C_OID, bk.C_INSTR, bk.C_ACCOUNT, bk.C_SIDE, bk.C_OTYPE, bk.C_TIF, bk.C_PRICE,
+        bk.C_QTY, bk.C_DISPLAY, bk.C_STOP_PRICE, bk.C_EXPIRE_TS, bk.C_POST_ONLY, bk.C_STP,
+        bk.C_NCOLS) != tuple(range(15)):
+    raise ImportError("engine.book_events command columns changed; update engine.pipeline")
 
 _OP_BY_KIND = {EndOfDay: bk.OP_END_OF_DAY, AdvanceTime: bk.OP_EXPIRE, TakeSnapshot: -1}
 

@@ -21,6 +21,9 @@ from engine.snapshot import load_latest_snapshot
 
 log = logging.getLogger("kilat.recovery")
 
+#: Journaled commands re-applied per batch-path call during replay.
+REPLAY_CHUNK = 4096
+
 
 class RecoveryReport(msgspec.Struct, frozen=True):
     snapshot_seq: int
@@ -45,14 +48,22 @@ def recover(pipeline: Pipeline, journal_path: Path, snapshot_dir: Path) -> Recov
     decode = JOURNAL_DECODER.decode
     if journal_path.exists():
         expected = snapshot_seq + 1
+        chunk: list = []
         for seq, payload in read_journal(journal_path, after_seq=snapshot_seq):
-            if seq != expected:
+            if seq != expected + len(chunk):
                 raise RuntimeError(
-                    f"{journal_path}: expected record seq {expected} after the snapshot, got {seq}"
+                    f"{journal_path}: expected record seq {expected + len(chunk)} after the "
+                    f"snapshot, got {seq}"
                 )
-            pipeline.replay(seq, decode(payload))
-            expected += 1
-            replayed += 1
+            chunk.append(decode(payload))
+            if len(chunk) == REPLAY_CHUNK:
+                pipeline.replay_batch(expected, chunk)
+                expected += len(chunk)
+                replayed += len(chunk)
+                chunk = []
+        if chunk:
+            pipeline.replay_batch(expected, chunk)
+            replayed += len(chunk)
     report = RecoveryReport(snapshot_seq, replayed, pipeline.seq, time.perf_counter() - started)
     log.info("recovered: snapshot at seq %d, %d commands replayed, now at seq %d (%.3f s)",
              report.snapshot_seq, report.replayed, report.last_seq, report.seconds)
