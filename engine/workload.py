@@ -436,3 +436,83 @@ def run_workload(
     )
     result["ratio"] = result["ops_per_s"] / result["reference_ops_per_s"]
     return result
+
+
+# -- real order flow: CME market-by-order (Databento MBO CSV) -------------------------------------
+
+
+def workload_from_mbo_csv(path: str | os.PathLike, tick_size: str = "0.25",
+                          limit: int | None = None) -> dict[str, np.ndarray]:
+    """Turn a market-by-order CSV (Databento MBO columns: ts_recv, ts_event, instrument_id,
+    symbol, action, side, price, size, order_id, …) into a workload. O(n).
+
+    Adds (``A``) become GTC limits; cancels (``C``) cancel the order; modifies (``M``) cancel it
+    and add it again at the new price and size (the format has no modify, so the order loses
+    its place); trades (``T``, the side is the aggressor's) become IOC limits at the trade price,
+    so the book re-creates the fills; fill records (``F``, the passive side of a trade), clears
+    (``R``) and trades without a side are skipped. Exchange order ids map to fresh workload ids,
+    since a modified order is a new order here. Refuses a row it cannot read, naming its line.
+    """
+    import csv
+    import gzip
+    from decimal import Decimal, InvalidOperation
+
+    tick = Decimal(tick_size)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    ops, sides, prices, qtys, oids = [], [], [], [], []
+    live: dict[str, int] = {}  # exchange order id -> workload oid
+    next_oid = 1
+
+    def add(op: int, side: int, price: int, qty: int, oid: int) -> None:
+        ops.append(op)
+        sides.append(side)
+        prices.append(price)
+        qtys.append(qty)
+        oids.append(oid)
+
+    with opener(path, "rt", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"action", "side", "price", "size", "order_id"} - set(reader.fieldnames or ())
+        if missing:
+            raise WorkloadError(f"{path}: expected MBO columns, missing {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            if limit is not None and len(ops) >= limit:
+                break
+            action, side_code = row["action"], row["side"]
+            if action in ("F", "R") or side_code not in ("B", "A"):
+                continue
+            side = 0 if side_code == "B" else 1
+            try:
+                ticks, rest = divmod(Decimal(row["price"]), tick)
+                size = int(row["size"])
+            except (InvalidOperation, ValueError) as exc:
+                raise WorkloadError(f"{path}: line {line}: unreadable price or size ({exc})") from exc
+            if rest != 0:
+                raise WorkloadError(f"{path}: line {line}: price {row['price']} is not a multiple of {tick}")
+            price = int(ticks)
+            exchange_id = row["order_id"]
+            if action == "T":
+                add(2, side, price, size, next_oid)
+                next_oid += 1
+            elif action == "A":
+                live[exchange_id] = next_oid
+                add(0, side, price, size, next_oid)
+                next_oid += 1
+            elif action in ("C", "M"):
+                oid = live.pop(exchange_id, None)
+                if oid is not None:
+                    add(4, side, 0, 0, oid)
+                if action == "M" and size > 0:
+                    live[exchange_id] = next_oid
+                    add(0, side, price, size, next_oid)
+                    next_oid += 1
+            else:
+                raise WorkloadError(f"{path}: line {line}: unknown action {action!r}")
+    arrays = {
+        "op": np.array(ops, dtype=np.int64),
+        "side": np.array(sides, dtype=np.int64),
+        "price": np.array(prices, dtype=np.int64),
+        "qty": np.array(qtys, dtype=np.int64),
+        "oid": np.array(oids, dtype=np.int64),
+    }
+    return validate_workload(arrays)

@@ -229,6 +229,20 @@ def cmd_bench_book(args) -> int:
     return 0
 
 
+def cmd_convert_mbo(args) -> int:
+    from engine.workload import WorkloadError, save_workload, workload_from_mbo_csv
+
+    try:
+        arrays = workload_from_mbo_csv(args.csv, args.tick_size, args.limit)
+    except (WorkloadError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+    save_workload(args.out, arrays)
+    counts = {name: int((arrays["op"] == code).sum()) for name, code in
+              (("limits", 0), ("ioc", 2), ("cancels", 4))}
+    print(json.dumps({"commands": len(arrays["op"]), **counts, "out": str(args.out)}))
+    return 0
+
+
 def cmd_journal_verify(args) -> int:
     from engine.journal import JournalError, scan_journal
 
@@ -376,6 +390,12 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(title="benchmarks")
     sp = add("book", cmd_bench_book, "replay a recorded .npz command stream through both books", bench)
     sp.add_argument("--workload", required=True, help=".npz with op, side, price, qty, oid")
+    sp = add("convert-mbo", cmd_convert_mbo,
+             "turn a market-by-order CSV (Databento MBO columns) into a workload .npz", bench)
+    sp.add_argument("csv", help="MBO CSV, optionally .gz")
+    sp.add_argument("out", help="the .npz to write")
+    sp.add_argument("--tick-size", default="0.25", help="price increment of the instrument")
+    sp.add_argument("--limit", type=int, help="stop after this many workload commands")
     journal = sub.add_parser("journal", help="journal tools").add_subparsers(title="journal")
     sp = add("verify", cmd_journal_verify, "check every record of the journal", journal)
     sp.add_argument("--data-dir")

@@ -122,3 +122,14 @@ def test_kilat_run_serves_shows_the_scripted_flow_and_stops_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_convert_mbo_then_bench_book_on_real_cme_flow(tmp_path):
+    sample = ROOT / "tests" / "data" / "esh4_mbo_20231225_first14000.csv.gz"
+    out = tmp_path / "esh4.npz"
+    converted = kilat("bench", "convert-mbo", str(sample), str(out))
+    assert converted.returncode == 0, converted.stderr
+    assert json.loads(converted.stdout)["commands"] > 12_000
+    result = kilat("bench", "book", "--workload", str(out), "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["trades"] > 0
