@@ -149,6 +149,8 @@ class OrderAccepted(msgspec.Struct, **_HOT):
     price: int
     qty: int
     tif: TimeInForce
+    stop_price: int
+    display_qty: int
     ts: int
 
 

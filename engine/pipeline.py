@@ -497,7 +497,7 @@ class Pipeline:
             if sink is not None:
                 out.append(OrderAccepted(
                     new.order_id, new.account, new.cl_ord_id, new.symbol, new.side,
-                    new.order_type, new.price, new.qty, new.tif, ts,
+                    new.order_type, new.price, new.qty, new.tif, new.stop_price, new.display_qty, ts,
                 ))
         apply_event = self._apply_event
         for row in rows:

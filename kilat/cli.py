@@ -17,6 +17,7 @@ configured tick size); quantities are lots. Every command takes ``--config`` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -86,6 +87,7 @@ def cmd_run(args) -> int:
     if args.data_dir:
         child_args += ["--data-dir", args.data_dir]
     child = subprocess.Popen(child_args, stdout=subprocess.PIPE, text=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the server on SIGTERM as on Ctrl-C
     try:
         line = child.stdout.readline()
         if not line.startswith("kilat: ready"):
@@ -104,11 +106,15 @@ def cmd_run(args) -> int:
         return 0
     finally:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.terminate()  # the server handles SIGTERM as Ctrl-C
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_submit(args) -> int:
@@ -158,7 +164,7 @@ def cmd_orders(args) -> int:
     with _client(args, config) as kc:
         orders = kc.orders(args.account or "", args.symbol or "", args.open)
     if args.json:
-        print(msgspec.json.encode(orders).decode())
+        print(msgspec.json.encode([as_dict(o) for o in orders]).decode())
         return 0
     print(f"{'id':>6} {'account':8} {'cl_ord_id':18} {'symbol':6} {'side':4} {'type':10} "
           f"{'tif':3} {'status':16} {'price':>10} {'qty':>7} {'cum':>7} {'leaves':>7} {'avg_px':>10}")
@@ -179,7 +185,7 @@ def cmd_book(args) -> int:
     with _client(args, config) as kc:
         view = kc.book(args.symbol, args.depth)
     if args.json:
-        print(msgspec.json.encode(view).decode())
+        print(msgspec.json.encode(as_dict(view)).decode())
         return 0
     last = ticks_to_price(spec, view.last_px) if view.last_px else "-"
     print(f"{args.symbol}  last {last}")
@@ -255,8 +261,7 @@ def cmd_journal_verify(args) -> int:
     except JournalError as exc:
         print(f"kilat: {exc}", file=sys.stderr)
         return 1
-    print(msgspec.json.encode(msgspec.structs.asdict(info) if isinstance(info, msgspec.Struct)
-                              else info.__dict__).decode())
+    print(json.dumps(dataclasses.asdict(info), default=str))
     return 0
 
 
@@ -319,10 +324,19 @@ def format_event(event, config: KilatConfig) -> str:
     return f"{type(event).__name__:20} " + " ".join(parts)
 
 
+def as_dict(value):
+    """A message as plain JSON-able data with field names (wire messages are positional)."""
+    if isinstance(value, msgspec.Struct):
+        return {name: as_dict(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, list):
+        return [as_dict(v) for v in value]
+    return value
+
+
 def _print_replies(replies: list, config: KilatConfig, as_json: bool) -> int:
     for event in replies:
         if as_json:
-            print(msgspec.json.encode({"type": type(event).__name__, **msgspec.structs.asdict(event)}).decode())
+            print(msgspec.json.encode({"type": type(event).__name__, **as_dict(event)}).decode())
         else:
             print(format_event(event, config))
     failed = any(type(e).__name__ in ("OrderRejected", "OrderDenied", "OrderCancelRejected", "CommandError")

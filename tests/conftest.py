@@ -57,6 +57,7 @@ class ServeProcess:
 
     def __init__(self, data_dir: Path, port: int):
         self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.data_dir = data_dir
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kilat", "serve", "--endpoint", self.endpoint,

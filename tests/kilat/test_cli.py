@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,6 +47,10 @@ def test_submit_orders_book_modify_cancel_from_the_command_line(served):
     assert modify.returncode == 0 and "OrderReplaced" in modify.stdout and "leaves_qty=40" in modify.stdout
     orders = kilat("orders", "--account", "FUND1", "--open", *ep)
     assert "cli-b1" in orders.stdout and "PartiallyFilled" in orders.stdout
+    as_json = json.loads(kilat("orders", "--account", "FUND1", "--open", "--json", *ep).stdout)
+    assert [(o["order_id"], o["status"], o["cum_qty"]) for o in as_json] == [(order_id, "PartiallyFilled", 40)]
+    book_json = json.loads(kilat("book", "AAPL", "--json", *ep).stdout)
+    assert book_json["bids"] == [{"price": 18_995, "qty": 40, "orders": 1}]
     cancel = kilat("cancel", "FUND1", str(order_id), *ep)
     assert cancel.returncode == 0 and "OrderCanceled" in cancel.stdout
     again = kilat("cancel", "FUND1", str(order_id), *ep)
@@ -59,6 +65,15 @@ def test_bad_input_on_the_command_line_says_what_was_expected(served):
     assert unknown.returncode == 2 and "unknown instrument 'NOPE'" in unknown.stderr
     band = kilat("submit", "FUND1", "AAPL", "buy", "1", "--price", "5000", *ep)
     assert band.returncode == 1 and "PRICE_OUTSIDE_BAND" not in band.stdout and "code=1005" in band.stdout
+
+
+def test_journal_verify_reports_the_records_of_a_data_dir(served, tmp_path):
+    ok = kilat("journal", "verify", "--data-dir", str(served.data_dir))
+    assert ok.returncode == 0, ok.stderr
+    info = json.loads(ok.stdout)
+    assert info["records"] >= 1 and info["torn_bytes"] == 0
+    missing = kilat("journal", "verify", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "no journal at" in missing.stderr
 
 
 def test_unreachable_server_is_a_clear_error():
@@ -99,7 +114,8 @@ def test_bench_book_refuses_a_file_that_breaks_the_format(tmp_path, mutate, word
     assert result.returncode == 2 and words in result.stderr.lower()
 
 
-def test_kilat_run_serves_shows_the_scripted_flow_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_kilat_run_serves_shows_the_scripted_flow_and_stops_its_server(tmp_path, stop_signal):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kilat", "run", "--endpoint", f"tcp://127.0.0.1:{port}",
@@ -117,8 +133,13 @@ def test_kilat_run_serves_shows_the_scripted_flow_and_stops_on_ctrl_c(tmp_path):
         assert "FUND1 buys 400 AAPL" in text and text.count("OrderFilled") >= 4
         assert "maker=True" in text  # the maker's fills were pushed to its own session
         assert "DUPLICATE" in text.upper() or "code=1101" in text
-        proc.send_signal(signal.SIGINT)
+        server_pid = int(text.split("(pid ")[1].split(";")[0])
+        proc.send_signal(stop_signal)
         assert proc.wait(20) == 0
+        with pytest.raises(ProcessLookupError):  # the server went with it
+            for _ in range(50):
+                os.kill(server_pid, 0)
+                time.sleep(0.1)
     finally:
         if proc.poll() is None:
             proc.kill()
