@@ -154,3 +154,14 @@ def test_convert_mbo_then_bench_book_on_real_cme_flow(tmp_path):
     result = kilat("bench", "book", "--workload", str(out), "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["trades"] > 0
+
+
+def test_serve_with_a_bad_config_stops_naming_the_file_and_field(tmp_path):
+    from kilat.config import DEFAULT_CONFIG
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_CONFIG.read_text().replace("lot_size = 100", "lot_size = 0", 1))
+    result = kilat("serve", "--config", str(bad), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr
+    assert "instruments[4].lot_size: expected a positive integer, got 0" in result.stderr
