@@ -28,10 +28,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from engine.book_events import (
     C_ACCOUNT,
@@ -168,9 +165,7 @@ M_NRESTING = 16
 M_NTRADES = 17
 M_TRADED_QTY = 18
 M_STAMP = 19
-M_RING = 24  # [M_RING, M_RING + _RING): slots looked up ahead by the batch loop's prefetcher
-_RING = 16
-M_NCOLS = M_RING + _RING
+M_NCOLS = 24
 
 # -- MODES of _take ------------------------------------------------------------------------------
 
@@ -203,36 +198,6 @@ _kernel = _make_kernel(error_model="numpy")
 # which saves a call that passes every array as ~9 machine words.
 _inline = _make_kernel(error_model="numpy", inline="always")
 _SCAN = 8  # ladder positions scanned linearly from the touch before binary search
-_PF_FAR = 12  # the batch loop prefetches the hash bucket of command k + _PF_FAR's oid,
-_PF_MID = 6  # the order row of command k + _PF_MID (found through the now-cached bucket),
-_PF_NEAR = 2  # and its FIFO neighbours' rows for command k + _PF_NEAR
-
-
-@intrinsic
-def _prefetch(typingctx, arr, i, j):
-    """A cache hint for the line holding ``arr[i, j]`` (LLVM ``llvm.prefetch``): no fault, no
-    effect on results, never raises; the caller keeps ``i``, ``j`` in bounds."""
-    if not isinstance(arr, types.Array) or arr.ndim != 2:
-        return None
-    sig = types.void(arr, i, j)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [
-            context.cast(builder, args[1], signature.args[1], types.intp),
-            context.cast(builder, args[2], signature.args[2], types.intp),
-        ]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # (address, rw = read, locality = keep in all levels, cache = data)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 # ================================================================================================
 # jitted kernels
@@ -1419,34 +1384,7 @@ def _run_batch(orders, levels, inst, index, meta, events, scratch, cmds, start, 
     worst = meta[M_WORST]
     cap = events.shape[0]
     k = start
-    mask = meta[M_HMASK]
-    shift = meta[M_HSHIFT]
     while k < n:
-        # software prefetch for the cancels ahead: their hash bucket, then their order row, then
-        # the rows of their FIFO neighbours (hints only: a stale guess costs nothing but time)
-        j = k + _PF_FAR
-        if j < n and cmds[j, C_OP] == OP_CANCEL:
-            oid = cmds[j, C_OID]
-            if oid >= 0:
-                _prefetch(index, (oid ^ (oid >> shift)) & mask, 0)
-        j = k + _PF_MID
-        if j < n and cmds[j, C_OP] == OP_CANCEL:
-            oid = cmds[j, C_OID]
-            slot = _h_find(index, meta, oid) if oid >= 0 else -1
-            meta[M_RING + (j & (_RING - 1))] = slot
-            if slot >= 0:
-                _prefetch(orders, slot, 0)
-                _prefetch(orders, slot, O_NCOLS - 1)
-        j = k + _PF_NEAR
-        if j < n and cmds[j, C_OP] == OP_CANCEL:
-            slot = meta[M_RING + (j & (_RING - 1))]
-            if slot >= 0:
-                p = orders[slot, O_PREV]
-                if p >= 0:
-                    _prefetch(orders, p, O_NEXT)
-                p = orders[slot, O_NEXT]
-                if p >= 0:
-                    _prefetch(orders, p, O_PREV)
         if meta[M_CASC] < 0:
             if cap - meta[M_NEV] < worst:
                 return k

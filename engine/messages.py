@@ -30,7 +30,7 @@ _HOT = {"frozen": True, "tag": True, "array_like": True, "gc": False}
 
 
 class SubmitOrder(msgspec.Struct, **_HOT):
-    """A new order. ``cl_ord_id`` is the client's id, unique per account for ever."""
+    """A new order. ``cl_ord_id`` is the client's id, unique per account within the day."""
 
     account: str
     cl_ord_id: str

@@ -1,7 +1,7 @@
 """The sequencer pipeline: one writer, numbered stages, wired here and nowhere else.
 
     1 validate   check the command against reference data and order state; derive book fields
-    2 dedupe     a ClOrdID is unique per account, for ever
+    2 dedupe     a ClOrdID is unique per account within the trading day (FIX 4.4)
     3 risk       hook (a callable filled in by ``kilat``; passes everything by default)
     4 compliance hook (likewise)
     5 journal    append the stamped command; the caller group-commits before replies leave
@@ -581,11 +581,14 @@ class Pipeline:
         return OrderCancelRejected(cmd.account, cmd.cl_ord_id, cmd.order_id, code, text, for_modify, cmd.ts)
 
     def _archive_done(self) -> None:
-        """At end of day, finished orders leave the hot state; their ClOrdIDs stay reserved and
-        their history stays in the journal."""
-        done = [oid for oid, o in self.orders.items() if not o.is_working and o.status is not OrderStatus.PENDING_NEW]
+        """At end of day, finished orders leave the hot state (their history stays in the
+        journal) and the day's ClOrdIDs are released, except those of orders still working
+        (GTC, GTD): FIX 4.4 asks uniqueness within a trading day, and memory stays bounded."""
+        orders = self.orders
+        done = [oid for oid, o in orders.items() if not o.is_working and o.status is not OrderStatus.PENDING_NEW]
         for oid in done:
-            del self.orders[oid]
+            del orders[oid]
+        self.cl_ord_ids = {key: oid for key, oid in self.cl_ord_ids.items() if oid in orders}
 
     # -- QUERIES --------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
     def px(text: str) -> int:
         return price_to_ticks(spec, text)
 
-    tag = os.urandom(3).hex()  # ClOrdIDs are unique for ever; each demo run brings its own
+    tag = os.urandom(3).hex()  # ClOrdIDs are unique within a day; each demo run brings its own
     steps: dict[str, list] = {}
     with KilatClient(endpoint) as maker, KilatClient(endpoint) as pm:
 

@@ -31,6 +31,7 @@ from engine.messages import (
     BookLevel,
     BookView,
     CommandError,
+    EndOfDay,
     OrderAccepted,
     OrdersView,
     OrderView,
@@ -177,6 +178,9 @@ class Service:
         for request, events in zip(pending, results, strict=True):
             account = getattr(request.message, "account", "")
             answers.append((request, self._route(request.identity, account, events, pushes)))
+        if any(type(r.message) is EndOfDay for r in pending):  # forget finished orders' sessions
+            orders = self.engine.pipeline.orders
+            self.owners = {oid: who for oid, who in self.owners.items() if oid in orders}
         return any(type(r.message) is TakeSnapshot for r in pending)
 
     def _route(self, sender: bytes, account: str, events: list, pushes: dict[bytes, list]) -> list:

@@ -206,17 +206,20 @@ def test_stop_order_triggers_on_last_trade_and_fills(pipe):
     assert pipe.orders[1].status is OrderStatus.FILLED and pipe.orders[1].avg_px == 15_060
 
 
-def test_end_of_day_expires_day_orders_keeps_gtc_and_archives_done(pipe):
+def test_end_of_day_expires_day_orders_keeps_gtc_and_releases_the_days_ids(pipe):
     pipe.process(order("day", BUY, 10, 15_000))
     pipe.process(order("gtc", BUY, 10, 14_900, tif=TimeInForce.GTC))
     pipe.process(order("gone", BUY, 10, 14_800))
-    pipe.process(CancelOrder("FUND1", order_id=3))
+    pipe.process(CancelOrder("FUND1", order_id=3, cl_ord_id="cxl"))
     events = pipe.process(EndOfDay(ts=9_000))
     assert kinds(events) == ["OrderExpired", "CommandDone"]
     assert events[0].order_id == 1 and events[0].code == RejectCode.END_OF_DAY
     assert set(pipe.orders) == {2}  # finished orders left the hot state
-    dup = pipe.process(order("day", ts=10_000))
-    assert dup[0].code == RejectCode.DUPLICATE_CL_ORD_ID  # their ClOrdIDs stay reserved
+    assert set(pipe.cl_ord_ids) == {("FUND1", "gtc")}  # a working order keeps its id
+    dup = pipe.process(order("gtc", ts=10_000))
+    assert dup[0].code == RejectCode.DUPLICATE_CL_ORD_ID
+    next_day = pipe.process(order("day", ts=10_000))  # a new trading day may reuse the id
+    assert kinds(next_day) == ["OrderAccepted"] and next_day[0].order_id == 4
 
 
 def test_gtd_order_expires_when_time_advances_past_it(pipe):
