@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_book.py", "bench_pipeline.py", "bench_journal.py"]
+SCRIPTS = ["bench_book.py", "bench_real_flow.py", "bench_pipeline.py", "bench_journal.py"]
 
 
 def main() -> int:
