@@ -8,8 +8,11 @@ path, the batch (throughput) path, queries and the invariant checker.
 The semantics are specified in ``docs/book.md`` and shared, event for event, with
 ``engine.refbook.ReferenceBook`` (the oracle).
 
-State arrays (few of them, because numba unboxes every array argument on every call):
+State arrays (views of ONE flat int64 buffer, ``state``, so that a per-command call unboxes two
+arrays — ``state`` and ``events`` — instead of six; the entry points rebuild the 2-D views from
+offsets kept in ``meta``, see ``_views``):
 
+- ``meta[M_*]``          counters, free-list heads, capacities, the offsets of the arrays below.
 - ``orders[slot, O_*]``  the order pool; free slots are chained through ``O_NEXT``.
 - ``levels[lvl, L_*]``   the price-level pool (price, total leaves, count, FIFO head and tail);
   free levels are chained through ``L_HEAD``.
@@ -19,13 +22,17 @@ State arrays (few of them, because numba unboxes every array argument on every c
 - ``index``              rows ``[0, hcap)``: the oid -> slot hash map (open addressing, linear
   probing, backward-shift deletion; ``[key, slot]``, key -1 = empty); rows ``[hcap, ...)``: the GTD
   expiry binary heap of ``[expire_ts, oid]`` with lazy deletion.
-- ``meta[M_*]``          counters, free-list heads, capacities.
-- ``events[row, EV_*]``  the event buffer.
+- ``events[row, EV_*]``  the event buffer (separate: it grows).
+
+The wrapper calls the compiled entry point of ``_cmd_submit`` / ``_cmd_cancel`` /
+``_cmd_modify`` directly once the dispatcher has compiled (or loaded) it, skipping numba's
+per-call argument typing; it falls back to the dispatcher if that entry point cannot be found.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import numpy as np
 from numba import njit
@@ -165,6 +172,10 @@ M_NRESTING = 16
 M_NTRADES = 17
 M_TRADED_QTY = 18
 M_STAMP = 19
+M_OFF_ORDERS = 20  # offsets of the arrays inside the one flat state buffer (see _views)
+M_OFF_LEVELS = 21
+M_OFF_INST = 22
+M_OFF_INDEX = 23
 M_NCOLS = 24
 
 # -- MODES of _take ------------------------------------------------------------------------------
@@ -193,9 +204,12 @@ def _probe_nrt():
     return 0
 
 
+# error_model="numpy": integer division by zero does not raise (there is none to guard anyway).
 _kernel = _make_kernel(error_model="numpy")
-# the tiny helpers called once or more per command: inlined into their callers (numba IR level),
-# which saves a call that passes every array as ~9 machine words.
+# Everything on the submit / cancel / fill path is inlined into its caller at the numba IR level
+# (the batch loop and the per-command entry points become one function each): a call between
+# jitted functions passes every array as ~9 machine words and blocks LLVM's optimisation across
+# it. Cold paths (mass operations, expiry, the stop cascade, FOK dry run, modify) stay calls.
 _inline = _make_kernel(error_model="numpy", inline="always")
 _SCAN = 8  # ladder positions scanned linearly from the touch before binary search
 
@@ -1258,13 +1272,31 @@ def _next_expiry(orders, index, meta):
 # -- entry points (one jitted call per public method) ----------------------------------------------
 
 
+@_inline
+def _views(state):
+    """The 2-D arrays of the flat state buffer (views; meta is its head). O(1)."""
+    meta = state[:M_NCOLS]
+    max_orders = meta[M_MAX_ORDERS]
+    o = meta[M_OFF_ORDERS]
+    orders = state[o : o + max_orders * O_NCOLS].reshape((max_orders, O_NCOLS))
+    o = meta[M_OFF_LEVELS]
+    levels = state[o : o + max_orders * L_NCOLS].reshape((max_orders, L_NCOLS))
+    o = meta[M_OFF_INST]
+    width = I_LADDER + 2 * meta[M_MAX_LEVELS]
+    inst = state[o : o + meta[M_NINSTR] * width].reshape((meta[M_NINSTR], width))
+    o = meta[M_OFF_INDEX]
+    rows = meta[M_HEAP_BASE] + meta[M_HEAP_CAP]
+    index = state[o : o + rows * 2].reshape((rows, 2))
+    return orders, levels, inst, index, meta
+
+
+# The per-command entry points take the flat state buffer and the event buffer (two arrays, not
+# six: numba unboxes every array argument on every call) and the command's scalars.
+
+
 @_kernel
 def _cmd_submit(
-    orders,
-    levels,
-    inst,
-    index,
-    meta,
+    state,
     events,
     oid,
     instr,
@@ -1280,6 +1312,7 @@ def _cmd_submit(
     post_only,
     stp,
 ):
+    orders, levels, inst, index, meta = _views(state)
     meta[M_NEV] = 0
     _submit(
         orders,
@@ -1308,14 +1341,16 @@ def _cmd_submit(
 
 
 @_kernel
-def _cmd_cancel(orders, levels, inst, index, meta, events, oid):
+def _cmd_cancel(state, events, oid):
+    orders, levels, inst, index, meta = _views(state)
     meta[M_NEV] = 0
     _cancel(orders, levels, inst, index, meta, events, oid)
     return meta[M_NEV]
 
 
 @_kernel
-def _cmd_modify(orders, levels, inst, index, meta, events, oid, new_price, new_leaves):
+def _cmd_modify(state, events, oid, new_price, new_leaves):
+    orders, levels, inst, index, meta = _views(state)
     meta[M_NEV] = 0
     _modify(orders, levels, inst, index, meta, events, oid, new_price, new_leaves)
     if meta[M_CASC] >= 0 and not _cascade(orders, levels, inst, index, meta, events):
@@ -1590,6 +1625,39 @@ def _load_canonical(orders, levels, inst, index, meta, vec):
 # ================================================================================================
 
 
+# One large batch output buffer kept for reuse: process_batch returns a view of it, and takes it
+# again for a later batch only once nothing references it any more (the caller dropped that
+# result and every view of it). A fresh 100 MB array costs tens of ms of page faults (the kernel
+# zeroes each page on first touch); a recycled one costs none. At most one buffer of at most
+# _SPARE_MAX_BYTES is kept.
+_SPARE_MAX_BYTES = 1 << 28
+_spare: list = [None]
+
+
+def _spare_refs(holder: list) -> int:
+    buf = holder[0]
+    return sys.getrefcount(buf)
+
+
+# the count _spare_refs reports for a buffer nothing but the holder references (calibrated here,
+# not assumed: it depends on the Python version)
+_FREE_REFS = _spare_refs([np.empty(1)])
+
+
+def _batch_buffer(rows: int) -> np.ndarray:
+    """A (>= rows, 8) int64 event buffer: the spare one if it is free and big enough."""
+    if _spare[0] is not None and _spare[0].shape[0] >= rows and _spare_refs(_spare) == _FREE_REFS:
+        buf = _spare[0]
+        _spare[0] = None
+        return buf
+    return np.empty((rows, EV_NCOLS), dtype=np.int64)
+
+
+def _recycle(buf: np.ndarray) -> None:
+    if buf.nbytes <= _SPARE_MAX_BYTES:
+        _spare[0] = buf
+
+
 def _hash_home(oid: int, shift: int, mask: int) -> int:
     return (oid ^ (oid >> shift)) & mask
 
@@ -1599,6 +1667,43 @@ def _hash_capacity(max_orders: int) -> int:
     while cap < 2 * max_orders:
         cap *= 2
     return cap
+
+
+_HEADS = 16  # event-buffer views kept ready for per-command results of fewer rows
+
+
+def _entry_point(dispatcher, n_scalars):
+    """The compiled CPython entry of ``dispatcher`` for (int64[::1], int64[:, ::1], n int64
+    scalars), or None. Calling it skips the dispatcher's argument typing and overload lookup
+    (about half of a per-command call); the book falls back to the dispatcher when it is None."""
+    try:
+        from numba import types as nt
+
+        want = (nt.int64[::1], nt.int64[:, ::1]) + (nt.int64,) * n_scalars
+        for sig, cres in dispatcher.overloads.items():
+            if tuple(sig) == want:
+                return cres.entry_point
+    except Exception:  # noqa: BLE001 - a numba without these internals: use the dispatcher
+        pass
+    return None
+
+
+def _bootstrap(name: str, dispatcher, n_scalars: int):
+    """A stand-in for module global ``name``: its first call goes through ``dispatcher``
+    (compiling or loading from the cache), then rebinds ``name`` to the entry point."""
+
+    def first_call(*args):
+        r = dispatcher(*args)
+        ep = _entry_point(dispatcher, n_scalars)
+        globals()[name] = dispatcher if ep is None else ep
+        return r
+
+    return first_call
+
+
+_SUBMIT = _bootstrap("_SUBMIT", _cmd_submit, 13)
+_CANCEL = _bootstrap("_CANCEL", _cmd_cancel, 1)
+_MODIFY = _bootstrap("_MODIFY", _cmd_modify, 3)
 
 
 class NumbaBook:
@@ -1636,19 +1741,35 @@ class NumbaBook:
         self.max_fills = max_fills_per_order
         self._worst = worst_case_rows(max_fills_per_order)
 
-        orders = np.zeros((max_orders, O_NCOLS), dtype=np.int64)
+        hcap = _hash_capacity(max_orders)
+        width = I_LADDER + 2 * max_levels_per_side
+        # one flat int64 buffer holds meta, orders, levels, inst and index (the per-command
+        # entry points unbox two arrays instead of six); the attributes below are views of it
+        sizes = (
+            M_NCOLS,
+            max_orders * O_NCOLS,
+            max_orders * L_NCOLS,
+            n_instruments * width,
+            (hcap + max_orders + 1) * 2,
+        )
+        offs = np.concatenate(([0], np.cumsum(sizes))).tolist()
+        state = np.zeros(offs[-1], dtype=np.int64)
+        meta = state[: offs[1]]
+        orders = state[offs[1] : offs[2]].reshape(max_orders, O_NCOLS)
+        levels = state[offs[2] : offs[3]].reshape(max_orders, L_NCOLS)
+        inst = state[offs[3] : offs[4]].reshape(n_instruments, width)
+        index = state[offs[4] : offs[5]].reshape(hcap + max_orders + 1, 2)
         orders[:, O_NEXT] = np.arange(1, max_orders + 1)
         orders[-1, O_NEXT] = -1
-        levels = np.zeros((max_orders, L_NCOLS), dtype=np.int64)
         levels[:, L_HEAD] = np.arange(1, max_orders + 1)
         levels[-1, L_HEAD] = -1
-        inst = np.zeros((n_instruments, I_LADDER + 2 * max_levels_per_side), dtype=np.int64)
         inst[:, I_STOP_HEAD] = -1
         inst[:, I_STOP_TAIL] = -1
-        hcap = _hash_capacity(max_orders)
-        index = np.zeros((hcap + max_orders + 1, 2), dtype=np.int64)
         index[:hcap, 0] = _EMPTY
-        meta = np.zeros(M_NCOLS, dtype=np.int64)
+        meta[M_OFF_ORDERS] = offs[1]
+        meta[M_OFF_LEVELS] = offs[2]
+        meta[M_OFF_INST] = offs[3]
+        meta[M_OFF_INDEX] = offs[4]
         meta[M_FREE_ORDER] = 0
         meta[M_FREE_LEVEL] = 0
         meta[M_CASC] = -1
@@ -1661,6 +1782,7 @@ class NumbaBook:
         meta[M_HEAP_BASE] = hcap
         meta[M_HEAP_CAP] = max_orders + 1
         meta[M_WORST] = self._worst
+        self._state = state
         self._orders = orders
         self._levels = levels
         self._inst = inst
@@ -1692,14 +1814,16 @@ class NumbaBook:
     @property
     def nbytes(self) -> int:
         """Bytes held by the state arrays and the event buffer. O(1)."""
-        arrays = (self._orders, self._levels, self._inst, self._index, self._meta, self._scratch)
-        return sum(a.nbytes for a in arrays) + self._events.nbytes
+        return self._state.nbytes + self._scratch.nbytes + self._events.nbytes
 
     def _set_events(self, events: np.ndarray) -> None:
         self._events = events
         view = events.view()
         view.flags.writeable = False
         self._ro_events = view
+        # the results of most per-command calls (a few rows), sliced once: indexing a list is
+        # cheaper than slicing an array on every call
+        self._ro_heads = [view[:r] for r in range(_HEADS)]
 
     def _grow_events(self, rows: int) -> None:
         cap = self._events.shape[0]
@@ -1738,12 +1862,8 @@ class NumbaBook:
         stp: int = STP_NONE,
     ) -> np.ndarray:
         """Submit a new order. O(log L) to rest + O(1) per fill; stops O(1) to park."""
-        r = _cmd_submit(
-            self._orders,
-            self._levels,
-            self._inst,
-            self._index,
-            self._meta,
+        r = _SUBMIT(
+            self._state,
             self._events,
             oid,
             instr,
@@ -1761,30 +1881,24 @@ class NumbaBook:
         )
         if r < 0:
             return self._finish(r)
+        if r < _HEADS:
+            return self._ro_heads[r]
         return self._ro_events[:r]
 
     def cancel(self, oid: int) -> np.ndarray:
         """Cancel a resting order or pending stop. O(1) unless its level empties (O(log L))."""
-        r = _cmd_cancel(
-            self._orders, self._levels, self._inst, self._index, self._meta, self._events, oid
-        )
+        r = _CANCEL(self._state, self._events, oid)
+        if r < _HEADS:
+            return self._ro_heads[r]
         return self._ro_events[:r]
 
     def modify(self, oid: int, new_price: int, new_leaves: int) -> np.ndarray:
         """Cancel/replace (new_leaves = new remaining qty). O(1) in place, else as cancel+submit."""
-        r = _cmd_modify(
-            self._orders,
-            self._levels,
-            self._inst,
-            self._index,
-            self._meta,
-            self._events,
-            oid,
-            new_price,
-            new_leaves,
-        )
+        r = _MODIFY(self._state, self._events, oid, new_price, new_leaves)
         if r < 0:
             return self._finish(r)
+        if r < _HEADS:
+            return self._ro_heads[r]
         return self._ro_events[:r]
 
     def _mass(self, op: int, instr: int, account: int, side: int, now: int) -> np.ndarray:
@@ -1847,7 +1961,7 @@ class NumbaBook:
                 self._grow_events(fixed)
             buf = self._events
         else:
-            buf = np.empty((estimate, EV_NCOLS), dtype=np.int64)
+            buf = _batch_buffer(estimate)
         meta = self._meta
         meta[M_NEV] = 0
         chunks = []
@@ -1890,6 +2004,7 @@ class NumbaBook:
             out = buf[:nev].copy()  # do not pin a mostly unused buffer
         else:
             out = buf[:nev]
+            _recycle(buf)
         out.flags.writeable = False
         return out
 

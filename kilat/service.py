@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class Engine:
         self.snapshot_dir = self.data_dir / "snapshots"
         self.journal_path = self.data_dir / "journal.kjl"
         book_cfg = config.book
+        print("kilat: loading the book's compiled kernels (a first run compiles them: about "
+              "two minutes, cached afterwards)", file=sys.stderr, flush=True)
         warm_up_book()
         self.book = NumbaBook(
             len(self.ref.by_index), book_cfg.max_orders, book_cfg.max_levels_per_side,
