@@ -22,7 +22,7 @@ from engine.snapshot import load_latest_snapshot
 log = logging.getLogger("kilat.recovery")
 
 #: Journaled commands re-applied per batch-path call during replay.
-REPLAY_CHUNK = 4096
+REPLAY_CHUNK = 512
 
 
 class RecoveryReport(msgspec.Struct, frozen=True):
