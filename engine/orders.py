@@ -87,8 +87,25 @@ def _table() -> dict[tuple[OrderStatus, Transition], OrderStatus]:
 #: "working"; an order that already has fills lands in PartiallyFilled instead.
 TRANSITIONS: dict[tuple[OrderStatus, Transition], OrderStatus] = _table()
 
+# The hot path looks transitions up by position, not by hashing enum members (Enum.__hash__
+# runs in Python: a dict lookup on a (status, transition) key cost ~670 ns).
+_STATUSES = list(OrderStatus)
+_TRANSITION_LIST = list(Transition)
+for _i, _m in enumerate(_STATUSES):
+    _m._idx = _i
+for _i, _m in enumerate(_TRANSITION_LIST):
+    _m._idx = _i
+_NEXT: list[list[OrderStatus | None]] = [
+    [TRANSITIONS.get((status, t)) for t in _TRANSITION_LIST] for status in _STATUSES
+]
+
 #: Statuses from which an order can never change again.
 TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.DONE_FOR_DAY, S.DENIED})
+_IS_TERMINAL = [status in TERMINAL for status in _STATUSES]
+_IS_WORKING = [status in _WORKING or status in _PENDING for status in _STATUSES]
+# Enum member access costs ~140 ns on Python 3.11; the hot path uses these bindings.
+_S_NEW, _S_PARTIALLY_FILLED = S.NEW, S.PARTIALLY_FILLED
+_T_FILL, _T_PARTIAL_FILL = T.FILL, T.PARTIAL_FILL
 
 
 class InvalidTransition(RuntimeError):
@@ -127,14 +144,14 @@ class Order(msgspec.Struct, gc=False):
 
     def apply(self, transition: Transition, ts: int) -> OrderStatus:
         """Move to the status the table gives for ``transition``. O(1)."""
-        nxt = TRANSITIONS.get((self.status, transition))
+        nxt = _NEXT[self.status._idx][transition._idx]
         if nxt is None:
             raise InvalidTransition(
                 f"order {self.order_id} ({self.account}/{self.cl_ord_id}): "
                 f"cannot {transition.value} from {self.status.value}"
             )
-        if nxt is S.NEW and self.cum_qty:
-            nxt = S.PARTIALLY_FILLED  # "working again": an order with fills reports so
+        if nxt is _S_NEW and self.cum_qty:
+            nxt = _S_PARTIALLY_FILLED  # "working again": an order with fills reports so
         self.status = nxt
         self.updated_ts = ts
         return nxt
@@ -147,14 +164,14 @@ class Order(msgspec.Struct, gc=False):
             )
         self.cum_qty += qty
         self.notional += qty * price
-        self.apply(Transition.FILL if self.cum_qty == self.qty else Transition.PARTIAL_FILL, ts)
+        self.apply(_T_FILL if self.cum_qty == self.qty else _T_PARTIAL_FILL, ts)
 
     # -- QUERIES --
 
     @property
     def leaves_qty(self) -> int:
         """What is still working: 0 once the order is done."""
-        if self.status in TERMINAL:
+        if _IS_TERMINAL[self.status._idx]:
             return 0
         return self.qty - self.cum_qty
 
@@ -164,4 +181,4 @@ class Order(msgspec.Struct, gc=False):
 
     @property
     def is_working(self) -> bool:
-        return self.status in _WORKING or self.status in _PENDING
+        return _IS_WORKING[self.status._idx]
