@@ -165,21 +165,6 @@ R_END_OF_DAY = 4200
 R_GTD_EXPIRED = 4201
 
 
-def stage_of(code: int) -> str:
-    """The pipeline stage a reason code belongs to. O(1)."""
-    thousands = int(code) // 1000
-    return {
-        0: "none",
-        1: "validation",
-        2: "risk",
-        3: "compliance",
-        4: "matching",
-        5: "venue",
-        6: "gateway",
-        9: "system",
-    }.get(thousands, "unknown")
-
-
 def _check_mirrors() -> None:
     pairs = [
         (Side, {"BUY": BUY, "SELL": SELL}),

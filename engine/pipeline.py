@@ -21,7 +21,7 @@ identical state.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -601,9 +601,6 @@ class Pipeline:
         self.cl_ord_ids = {key: oid for key, oid in self.cl_ord_ids.items() if oid in orders}
 
     # -- QUERIES --------------------------------------------------------------------------------
-
-    def open_orders(self) -> Iterable[Order]:
-        return (o for o in self.orders.values() if o.is_working)
 
     def state_hash(self) -> str:
         """A digest of the whole state: book, orders, ids in use, counters. O(n log n)."""
