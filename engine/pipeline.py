@@ -164,11 +164,7 @@ class Pipeline:
             refused = self._refuse_submit(cmd, run_hooks=True)
             if refused is not None:
                 return refused
-            journal = self.journal
-            if journal is not None:
-                self.seq = journal.append(self._encode(cmd))
-            else:
-                self.seq += 1
+            self._journal(cmd)
             order = self._open(cmd)
             return self._apply(self.book.submit(*self._book_fields(order, cmd)), cmd.ts, order, [])
         prepared = self._check(cmd, run_hooks=True)
@@ -414,11 +410,9 @@ class Pipeline:
     # -- STAGES 6-7: match and apply ------------------------------------------------------------
 
     def _execute(self, p: _Prepared) -> list:
+        """Stages 6-7 for a checked command other than a submit (both paths open those)."""
         cmd, book, out = p.cmd, self.book, []
         op = p.op
-        if op == bk.OP_SUBMIT:
-            order = self._open(cmd)
-            return self._apply(book.submit(*self._book_fields(order, cmd)), cmd.ts, order, out)
         if op == bk.OP_CANCEL:
             self._note_request(cmd)
             return self._apply(book.cancel(p.order.order_id), cmd.ts, None, out, cmd)
