@@ -206,12 +206,18 @@ class Service:
     def _expire_due(self, now: int, pushes: dict[bytes, list]) -> None:
         """GTD orders whose time has come expire before anything else at ``now``."""
         due = self.engine.pipeline.next_expiry()
-        if due and due <= now:
+        if not due or due > now:
+            return
+        try:
             events = self.engine.process(AdvanceTime(ts=now))
-            for event in events:
-                owner = self.owners.get(event.order_id)
-                if owner is not None:
-                    pushes.setdefault(owner, []).append(event)
+        except Exception:  # an engine bug: logged; the loop keeps serving
+            log.exception("internal error while expiring GTD orders at %d", now)
+            self.internal_errors += 1
+            return
+        for event in events:
+            owner = self.owners.get(event.order_id)
+            if owner is not None:
+                pushes.setdefault(owner, []).append(event)
 
     def _answer(self, query):
         pipeline = self.engine.pipeline

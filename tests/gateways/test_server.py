@@ -175,3 +175,17 @@ def test_counterparty_fills_never_reach_the_sender(live):
         maker.submit("MM1", "AAPL", Side.SELL, 5, 15_000, cl_ord_id="cp1")
         replies = taker.submit("FUND2", "AAPL", Side.BUY, 5, 15_000, cl_ord_id="cp2")
         assert {e.account for e in replies} == {"FUND2"}
+
+
+def test_gtd_order_expires_on_time_and_the_expiry_is_pushed(live):
+    import time
+
+    with KilatClient(live.endpoint) as kc:
+        expire_at = time.time_ns() + 400_000_000  # 0.4 s from now
+        (accepted,) = kc.submit("FUND1", "AAPL", Side.BUY, 5, 15_000, cl_ord_id="gtd1",
+                                tif=TimeInForce.GTD, expire_ts=expire_at)
+        pushed = list(kc.events(timeout=3.0))
+        assert kinds(pushed) == ["OrderExpired"]
+        assert pushed[0].order_id == accepted.order_id and pushed[0].code == RejectCode.GTD_EXPIRED
+        assert pushed[0].ts >= expire_at
+        assert kc.orders(account="FUND1")[0].status == "Expired"
