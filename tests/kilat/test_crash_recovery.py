@@ -142,3 +142,30 @@ def test_torn_journal_tail_is_cut_with_a_warning_and_the_rest_recovered(tmp_path
     finally:
         server.stop()
     assert "torn" in server.proc.stderr.read().lower()
+
+
+def test_snapshot_then_more_orders_then_sigkill_recovers_from_the_snapshot(tmp_path):
+    data, port = tmp_path / "data", free_port()
+    server = ServeProcess(data, port)
+    try:
+        with KilatClient(server.endpoint) as kc:
+            for i in range(20):
+                kc.submit("FUND1", "AAPL", Side.BUY, 5, 15_000 - i, cl_ord_id=f"pre{i}",
+                          tif=TimeInForce.GTC)
+            done = kc.snapshot()
+            assert type(done[0]).__name__ == "CommandDone" and done[0].seq == 21
+            for i in range(10):
+                kc.submit("MM1", "AAPL", Side.SELL, 3, 15_000 - i, cl_ord_id=f"post{i}")
+            before_orders = sorted((o.order_id, o.status, o.cum_qty) for o in kc.orders())
+            before_book = kc.book("AAPL", depth=50)
+    finally:
+        server.kill()
+    assert list((data / "snapshots").glob("snapshot-*.snap"))
+    again = ServeProcess(data, port)
+    try:
+        assert "recovered 10 commands after snapshot 21" in again.ready_line
+        with KilatClient(again.endpoint) as kc:
+            assert sorted((o.order_id, o.status, o.cum_qty) for o in kc.orders()) == before_orders
+            assert kc.book("AAPL", depth=50) == before_book
+    finally:
+        again.stop()
