@@ -205,7 +205,7 @@ class Pipeline:
             prepared = self._check(cmd, run_hooks=live)
             if not isinstance(prepared, _Prepared):
                 if not live:
-                    raise RuntimeError(
+                    raise ReplayDiverged(
                         f"replay diverged at seq {self.seq + 1}: a journaled {kind.__name__} is now "
                         f"refused ({prepared[0]!r})"
                     )
@@ -255,8 +255,12 @@ class Pipeline:
         return _Prepared(bk.OP_SUBMIT, cmd) if refused is None else refused
 
     def _refuse_submit(self, cmd: SubmitOrder, run_hooks: bool) -> list | None:
-        """Stages 1-4 for a new order: None if it passes, else the refusal event."""
-        refusal = self._validate_submit(cmd)
+        """Stages 1-4 for a new order: None if it passes, else the refusal event.
+
+        Replay (``run_hooks`` false) trusts the journal's static checks: a price band narrowed in
+        the config since must not stop recovery. Only what the book fields need is checked.
+        """
+        refusal = self._validate_submit(cmd) if run_hooks else self._check_known(cmd)
         if refusal is None and (cmd.account, cmd.cl_ord_id) in self.cl_ord_ids:  # 2 dedupe
             refusal = (
                 RejectCode.DUPLICATE_CL_ORD_ID,
@@ -270,6 +274,13 @@ class Pipeline:
                 denial = hook(cmd, self)
                 if denial is not None:
                     return [OrderDenied(cmd.account, cmd.cl_ord_id, int(denial[0]), denial[1], cmd.ts)]
+        return None
+
+    def _check_known(self, cmd: SubmitOrder) -> Refusal | None:
+        if cmd.symbol not in self.ref.instruments:
+            return RejectCode.UNKNOWN_INSTRUMENT, f"instrument {cmd.symbol!r} is not in the config"
+        if cmd.account not in self._account_index:
+            return RejectCode.UNKNOWN_ACCOUNT, f"account {cmd.account!r} is not in the config"
         return None
 
     def _validate_submit(self, cmd: SubmitOrder) -> Refusal | None:
@@ -357,7 +368,7 @@ class Pipeline:
         found = self._find_order(cmd)
         refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
         if refusal is None:
-            refusal = self._validate_modify(cmd, found)
+            refusal = self._validate_modify(cmd, found, check_band=run_hooks)
         if refusal is None and run_hooks:
             for hook in self._hooks:
                 refusal = hook(cmd, self)
@@ -367,7 +378,7 @@ class Pipeline:
             return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], True)]
         return _Prepared(bk.OP_MODIFY, cmd, found)
 
-    def _validate_modify(self, cmd: ModifyOrder, order: Order) -> Refusal | None:
+    def _validate_modify(self, cmd: ModifyOrder, order: Order, check_band: bool) -> Refusal | None:
         if not order.is_working:
             return RejectCode.ORDER_NOT_WORKING, f"order {order.order_id} is {order.status.value}"
         if cmd.price is None and cmd.qty is None:
@@ -376,7 +387,7 @@ class Pipeline:
             if order.order_type not in (LIMIT, STOP_LIMIT):
                 return RejectCode.INVALID_PRICE, f"a {order.order_type.name} order has no price to modify"
             inst = self.ref.by_index[order.instrument]
-            if not inst.band_low <= cmd.price <= inst.band_high:
+            if check_band and not inst.band_low <= cmd.price <= inst.band_high:
                 return RejectCode.PRICE_OUTSIDE_BAND, (
                     f"price must lie in the band [{inst.band_low}, {inst.band_high}] ticks, got {cmd.price}"
                 )
@@ -617,12 +628,23 @@ class Pipeline:
             orders=list(self.orders.values()),
             cl_ord_ids=[(a, c, o) for (a, c), o in self.cl_ord_ids.items()],
             book=self.book.dump(),
+            symbols=[inst.symbol for inst in self.ref.by_index],
+            accounts=list(self._account_index),
         )
         return msgspec.msgpack.encode(state)
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot taken by ``snapshot`` into this (fresh) pipeline."""
         state = msgspec.msgpack.decode(data, type=_Snapshot)
+        # The book keeps instruments and accounts as indices in config order: the config may
+        # add new ones at the end, but must not drop or reorder those the snapshot knows.
+        for what, then, now in (("instruments", state.symbols, [i.symbol for i in self.ref.by_index]),
+                                ("accounts", state.accounts, list(self._account_index))):
+            if now[:len(then)] != then:
+                raise SnapshotMismatch(
+                    f"the snapshot at seq {state.seq} was taken with {what} {then}; the config now "
+                    f"lists {now}. Keep those in the same order (add new ones at the end)."
+                )
         self.seq = state.seq
         self.next_order_id = state.next_order_id
         self.next_exec_id = state.next_exec_id
@@ -642,6 +664,14 @@ class _Prepared:
         self.order = order
 
 
+class SnapshotMismatch(ValueError):
+    """A snapshot does not fit the configured instruments or accounts."""
+
+
+class ReplayDiverged(RuntimeError):
+    """A journaled command is refused on replay: the config or the code no longer fits it."""
+
+
 class _Snapshot(msgspec.Struct):
     seq: int
     next_order_id: int
@@ -649,6 +679,8 @@ class _Snapshot(msgspec.Struct):
     orders: list[Order]
     cl_ord_ids: list[tuple[str, str, int]]
     book: bytes
+    symbols: list[str]
+    accounts: list[str]
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

@@ -64,6 +64,7 @@ def cmd_serve(args) -> int:
     import logging
 
     from engine.journal import JournalError
+    from engine.pipeline import ReplayDiverged, SnapshotMismatch
     from engine.snapshot import SnapshotCorruptError
     from kilat.service import serve
 
@@ -71,7 +72,7 @@ def cmd_serve(args) -> int:
     config = _config(args)
     try:
         serve(config, args.data_dir, args.endpoint)
-    except (JournalError, SnapshotCorruptError) as exc:
+    except (JournalError, SnapshotCorruptError, SnapshotMismatch, ReplayDiverged) as exc:
         print(f"kilat: cannot recover the engine state: {exc}", file=sys.stderr)
         return 1
     return 0

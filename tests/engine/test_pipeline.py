@@ -352,3 +352,45 @@ def test_snapshot_then_replay_of_the_rest_reaches_the_identical_state(tmp_path, 
                for c in more if not isinstance(c, (CancelOrder, ModifyOrder))]
     assert [fresh.process(c) for c in renamed] == [live.process(c) for c in renamed]
 
+
+
+def _ref_with(instruments=None, accounts=None):
+    from engine.model import ReferenceData
+
+    config = load_config()
+    return ReferenceData(instruments or config.instruments, accounts or config.accounts)
+
+
+def test_replay_trusts_the_journal_when_a_price_band_was_narrowed_since(tmp_path):
+    import msgspec as ms
+
+    with JournalWriter(tmp_path / "journal") as journal:
+        live = Pipeline(REF, make_book("numba"), journal)
+        live.process(order("wide", BUY, 10, 90_000))  # inside today's band [1.00, 1000.00]
+    config = load_config()
+    narrow = [ms.structs.replace(i, price_band=(i.price_band[0], ms.convert("500.00", type=type(i.tick_size))))
+              if i.symbol == "AAPL" else i for i in config.instruments]
+    ref = _ref_with(instruments=narrow)
+    fresh = Pipeline(ref, NumbaBook(len(ref.by_index), 10_000, 256, 1_000))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.orders[1].price == 90_000 and fresh.orders[1].status is OrderStatus.NEW
+    refused = fresh.process(order("new", BUY, 10, 90_000, ts=2_000))  # but new orders obey it
+    assert refused[0].code == RejectCode.PRICE_OUTSIDE_BAND
+
+
+def test_snapshot_refuses_a_config_that_reordered_instruments_but_takes_new_ones_at_the_end():
+    from engine.model import InstrumentSpec
+    from engine.pipeline import SnapshotMismatch
+
+    live = Pipeline(REF, make_book("numba"))
+    live.process(order("a", BUY, 10, 15_000))
+    data = live.snapshot()
+    config = load_config()
+    reordered = _ref_with(instruments=list(reversed(config.instruments)))
+    with pytest.raises(SnapshotMismatch, match="Keep those in the same order"):
+        Pipeline(reordered, NumbaBook(len(reordered.by_index), 10_000, 256, 1_000)).restore(data)
+    extra = InstrumentSpec("NEW1", "USD", config.instruments[0].tick_size, 1, config.instruments[0].price_band)
+    grown = _ref_with(instruments=[*config.instruments, extra])
+    restored = Pipeline(grown, NumbaBook(len(grown.by_index), 10_000, 256, 1_000))
+    restored.restore(data)
+    assert restored.orders[1].symbol == "AAPL" and restored.book.best_bid(0) == 15_000
