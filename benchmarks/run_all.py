@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_book.py", "bench_real_flow.py", "bench_pipeline.py", "bench_journal.py"]
+SCRIPTS = ["bench_book.py", "bench_real_flow.py", "bench_pipeline.py", "bench_journal.py",
+           "bench_order_entry.py"]
 
 
 def main() -> int:
