@@ -24,6 +24,10 @@ _STP_BY_NAME = {
 }
 
 
+#: The tick sizes an instrument may have (prices travel as int64 ticks of it).
+MIN_TICK, MAX_TICK = Decimal("1e-9"), Decimal("1e6")
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what was expected."""
 
@@ -111,8 +115,11 @@ def _check_instrument(field: str, spec: InstrumentSpec) -> None:
         raise ConfigError(
             f"{field}.currency: expected a 3-letter ISO 4217 code, got {spec.currency!r}"
         )
-    if not spec.tick_size.is_finite() or spec.tick_size <= 0:
-        raise ConfigError(f"{field}.tick_size: expected a positive decimal, got {spec.tick_size}")
+    if not spec.tick_size.is_finite() or not MIN_TICK <= spec.tick_size <= MAX_TICK:
+        raise ConfigError(
+            f"{field}.tick_size: expected a positive decimal from {MIN_TICK} to {MAX_TICK}, "
+            f"got {spec.tick_size}"
+        )
     if spec.lot_size <= 0:
         raise ConfigError(f"{field}.lot_size: expected a positive integer, got {spec.lot_size}")
 
@@ -121,9 +128,13 @@ def price_to_ticks(spec: InstrumentSpec, price: Decimal | str, where: str = "pri
     """Convert a decimal price into integer ticks; refuses a price that is not a tick multiple."""
     try:
         value = Decimal(price)
-    except InvalidOperation as exc:
-        raise ConfigError(f"{where}: expected a decimal number, got {price!r}") from exc
-    ticks, rest = divmod(value, spec.tick_size)
+        if not value.is_finite():
+            raise InvalidOperation
+        ticks, rest = divmod(value, spec.tick_size)
+    except InvalidOperation as exc:  # also DivisionImpossible: a price of absurd magnitude
+        raise ConfigError(
+            f"{where}: expected a finite decimal price in ticks of {spec.tick_size}, got {price!r}"
+        ) from exc
     if rest != 0:
         raise ConfigError(
             f"{where}: {value} is not a multiple of tick size {spec.tick_size} for {spec.symbol}"

@@ -30,6 +30,9 @@ def test_default_config_loads_with_instruments_in_several_currencies():
     [
         ("lot_size = 100", 'lot_size = "many"', "Expected `int`, got `str` - at `$.instruments[4].lot_size`"),
         ('tick_size = "0.25"', 'tick_size = "-0.25"', "instruments[2].tick_size: expected a positive decimal"),
+        ('tick_size = "0.25"', 'tick_size = "1e-999999999"', "instruments[2].tick_size: expected a positive decimal"),
+        ('price_band = ["1.00", "1000.00"]', 'price_band = ["sNaN", "1000.00"]',
+         "instruments[0].price_band[0]: expected a finite decimal price"),
         ('price_band = ["1.00", "1000.00"]', 'price_band = ["1.005", "1000.00"]',
          "instruments[0].price_band[0]: 1.005 is not a multiple of tick size 0.01"),
         ('price_band = ["1.00", "1000.00"]', 'price_band = ["1000.00", "1.00"]',
@@ -58,3 +61,45 @@ def test_config_that_is_not_toml_is_refused(tmp_path):
 def test_missing_config_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "absent.toml")
+
+
+# -- property: any damage to the file is a ConfigError naming the file, never another failure --
+
+import msgspec  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LINES = GOOD.splitlines()
+_VALUE_LINES = [i for i, line in enumerate(_LINES) if "=" in line and not line.lstrip().startswith("#")]
+_VALUES = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).replace("inf", "inf")),
+    st.text(max_size=12).map(lambda t: msgspec.json.encode(t).decode()),
+    st.sampled_from(['""', "[]", "{}", "true", '["1", "2", "3"]', '"-1"', '"0"', '"1e400"', '"NaN"',
+                     '"sNaN"', '"-Infinity"', '"1e-999999999"', '["sNaN", "1"]', '["1", "1e999999999"]']),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.sampled_from(_VALUE_LINES), value=_VALUES)
+def test_any_changed_value_loads_or_is_refused_with_a_config_error(tmp_path, line, value):
+    lines = list(_LINES)
+    key = lines[line].split("=", 1)[0]
+    lines[line] = f"{key}= {value}"
+    path = write(tmp_path, "\n".join(lines))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
+    else:
+        check_config(config)  # what loads is consistent
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(GOOD)), junk=st.text(max_size=20))
+def test_truncated_or_garbled_file_is_a_config_error(tmp_path, cut, junk):
+    path = write(tmp_path, GOOD[:cut] + junk)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
