@@ -607,6 +607,32 @@ class Pipeline:
 
     # -- QUERIES --------------------------------------------------------------------------------
 
+    def validate(self) -> None:
+        """Check the orders against the book and themselves; raises AssertionError naming the
+        order. O(orders). (The book checks its own structure in ``book.validate()``.)"""
+        book, working = self.book, 0
+        for oid, order in self.orders.items():
+            where = f"order {oid} ({order.account}/{order.cl_ord_id}, {order.status.value})"
+            if not 0 <= order.cum_qty <= order.qty:
+                raise AssertionError(f"{where}: cum_qty {order.cum_qty} outside 0..{order.qty}")
+            if self.cl_ord_ids.get((order.account, order.cl_ord_id)) != oid and order.is_working:
+                raise AssertionError(f"{where}: its ClOrdID does not map back to it")
+            in_book = book.order(oid)
+            if order.is_working:
+                working += 1
+                if in_book is None:
+                    raise AssertionError(f"{where}: working but not in the book")
+                if in_book.leaves != order.leaves_qty:
+                    raise AssertionError(f"{where}: leaves {order.leaves_qty}, book has {in_book.leaves}")
+                if in_book.is_pending_stop == order.triggered and order.order_type in (STOP, STOP_LIMIT):
+                    raise AssertionError(f"{where}: triggered={order.triggered} but pending in book "
+                                         f"={in_book.is_pending_stop}")
+            elif in_book is not None:
+                raise AssertionError(f"{where}: finished but still in the book")
+        in_book_total = book.resting_orders() + book.pending_stops()
+        if in_book_total != working:
+            raise AssertionError(f"the book holds {in_book_total} orders, the pipeline {working} working")
+
     def state_hash(self) -> str:
         """A digest of the whole state: book, orders, ids in use, counters. O(n log n)."""
         h = hashlib.blake2b(digest_size=16)

@@ -303,14 +303,28 @@ def test_batch_path_gives_the_same_events_and_state_as_the_per_command_path():
     assert len(in_batches) == len(cmds)
     assert msgspec.msgpack.encode(in_batches) == msgspec.msgpack.encode(one_by_one)
     assert batched.state_hash() == single.state_hash()
+    batched.validate()
 
 
 def test_numba_and_reference_pipelines_agree_event_for_event():
     cmds = random_commands(3_000, seed=11)
     a, b = Pipeline(REF, make_book("numba")), Pipeline(REF, make_book("reference"))
-    for cmd in cmds:
+    for i, cmd in enumerate(cmds):
         assert a.process(cmd) == b.process(cmd)
+        if i % 250 == 0:
+            a.validate()
+            b.validate()
     assert a.state_hash() == b.state_hash()
+    a.validate()
+    b.validate()
+
+
+def test_validate_catches_an_order_that_disagrees_with_the_book(pipe):
+    pipe.process(order("v1", BUY, 10, 15_000))
+    pipe.validate()
+    pipe.orders[1].cum_qty = 3  # an engine bug would look like this
+    with pytest.raises(AssertionError, match="order 1 .* leaves 7, book has 10"):
+        pipe.validate()
 
 
 @pytest.mark.parametrize("kind", ["numba", "reference"])
@@ -325,6 +339,7 @@ def test_replay_of_the_journal_reaches_the_identical_state_hash(tmp_path, kind):
     report = recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
     assert report.replayed == live.seq and fresh.seq == live.seq
     assert fresh.state_hash() == live.state_hash()
+    fresh.validate()
 
 
 @pytest.mark.parametrize("kind", ["numba", "reference"])
