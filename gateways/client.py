@@ -126,9 +126,20 @@ class KilatClient:
 
     def request(self, message, timeout: float | None = None) -> list:
         """Send one message and wait for the replies that carry its request id."""
+        return self._wait_for(self.send(message), timeout)
+
+    def send(self, message) -> bytes:
+        """Send without waiting (pipelining); returns the request id its replies will carry."""
         rid = next(self._ids).to_bytes(8, "little")
         self._sock.send_multipart([rid, self._encode(message)])
-        return self._wait_for(rid, timeout)
+        return rid
+
+    def receive(self, timeout: float | None = None) -> tuple[bytes, list]:
+        """The next reply frame: (request id, replies); the id is b"" for a push."""
+        timeout_ms = self.timeout_ms if timeout is None else int(timeout * 1000)
+        if not self._sock.poll(timeout_ms):
+            raise KilatTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+        return self._read_one()
 
     def send_raw(self, frames: list[bytes], timeout: float | None = None) -> list:
         """Send arbitrary frames (for tests of bad input); returns the reply to frames[0]."""

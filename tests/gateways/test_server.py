@@ -189,3 +189,37 @@ def test_gtd_order_expires_on_time_and_the_expiry_is_pushed(live):
         assert pushed[0].order_id == accepted.order_id and pushed[0].code == RejectCode.GTD_EXPIRED
         assert pushed[0].ts >= expire_at
         assert kc.orders(account="FUND1")[0].status == "Expired"
+
+
+def test_two_pipelining_sessions_crossing_in_shared_loop_batches_stay_consistent(live):
+    """Many orders in flight from two sessions: loop batches mix both through the batch path."""
+    n = 300
+    with KilatClient(live.endpoint) as buyer, KilatClient(live.endpoint) as seller:
+        sessions = {"FUND1": (buyer, Side.BUY), "MM1": (seller, Side.SELL)}
+        sent: dict[str, set[bytes]] = {}
+        for account, (kc, side) in sessions.items():
+            sent[account] = {kc.send(SubmitOrder(
+                account, f"{account}-{i}", "AAPL", side, 1 + i % 3,
+                price=15_000 + (i % 5) * (1 if side == Side.SELL else -1))) for i in range(n)}
+        seen: dict[str, list] = {}
+        for account, (kc, _) in sessions.items():
+            seen[account], answered = [], 0
+            while answered < n:
+                rid, replies = kc.receive(timeout=5)
+                if rid:
+                    assert rid in sent[account]
+                    answered += 1
+                seen[account].extend(replies)
+            seen[account].extend(kc.events(timeout=0.5))
+    for account, events in seen.items():
+        assert {e.account for e in events} == {account}  # never another account's events
+        assert sum(isinstance(e, OrderAccepted) for e in events) == n
+    bought, sold = (sum(e.last_qty for e in seen[a] if isinstance(e, OrderFilled)) for a in ("FUND1", "MM1"))
+    assert bought == sold > 0  # every lot bought was sold
+
+    async def validate_inside_the_loop():
+        async with live.service.server.lock:
+            live.service.engine.pipeline.validate()
+
+    asyncio.run_coroutine_threadsafe(validate_inside_the_loop(), live.loop).result(10)
+    assert live.service.server.stats.batches < 2 * n  # commands really shared loop batches
