@@ -16,6 +16,7 @@ from engine.messages import (
     OrderAccepted,
     OrderFilled,
     OrderRejected,
+    Ping,
     SubmitOrder,
 )
 from gateways.client import AsyncKilatClient, KilatClient
@@ -201,16 +202,24 @@ def test_two_pipelining_sessions_crossing_in_shared_loop_batches_stay_consistent
             sent[account] = {kc.send(SubmitOrder(
                 account, f"{account}-{i}", "AAPL", side, 1 + i % 3,
                 price=15_000 + (i % 5) * (1 if side == Side.SELL else -1))) for i in range(n)}
-        seen: dict[str, list] = {}
+        seen: dict[str, list] = {account: [] for account in sessions}
         for account, (kc, _) in sessions.items():
-            seen[account], answered = [], 0
+            answered = 0
             while answered < n:
                 rid, replies = kc.receive(timeout=5)
                 if rid:
                     assert rid in sent[account]
                     answered += 1
                 seen[account].extend(replies)
-            seen[account].extend(kc.events(timeout=0.5))
+        for account, (kc, _) in sessions.items():
+            # a ping is answered after every command sent before it, and frames to one session
+            # arrive in order: once its pong is in, so are all pushes caused by those commands
+            ping = kc.send(Ping(1))
+            while True:
+                rid, replies = kc.receive(timeout=5)
+                if rid == ping:
+                    break
+                seen[account].extend(replies)
     for account, events in seen.items():
         assert {e.account for e in events} == {account}  # never another account's events
         assert sum(isinstance(e, OrderAccepted) for e in events) == n
