@@ -43,8 +43,30 @@ class KilatTimeout(TimeoutError):
     """The server did not answer in time (it may be down or overloaded)."""
 
 
-class _Messages:
-    """Builds the command structs; shared by the sync and the asyncio client."""
+class _ClientBase:
+    """What the sync and the asyncio client share: the DEALER socket and the command structs."""
+
+    def __init__(self, endpoint: str, context: zmq.Context):
+        self.endpoint = endpoint
+        self._ctx = context
+        self._sock = context.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._pushed: deque = deque()
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    @staticmethod
+    def cancel_order(account, order_id=0, *, orig_cl_ord_id="", cl_ord_id="") -> CancelOrder:
+        return CancelOrder(account, order_id, orig_cl_ord_id, cl_ord_id)
+
+    @staticmethod
+    def modify_order(account, order_id=0, *, price=None, qty=None, orig_cl_ord_id="",
+                     cl_ord_id="") -> ModifyOrder:
+        return ModifyOrder(account, order_id, orig_cl_ord_id, cl_ord_id, price, qty)
 
     @staticmethod
     def submit_order(account, symbol, side, qty, price=0, *, cl_ord_id=None,
@@ -68,35 +90,30 @@ def _new_cl_ord_id() -> str:
     return f"{os.getpid():x}-{next(_counter)}-{os.urandom(3).hex()}"
 
 
-class KilatClient:
+class KilatClient(_ClientBase):
     """Blocking client. One socket; not thread-safe (use one client per thread)."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0,
                  context: zmq.Context | None = None):
-        self.endpoint = endpoint
+        super().__init__(endpoint, context or zmq.Context.instance())
         self.timeout_ms = int(timeout * 1000)
-        self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
-        self._ids = itertools.count(1)
-        self._pushed: deque = deque()
-        self._encode = msgspec.msgpack.Encoder().encode
 
     # -- ORDER ENTRY --
 
     def submit(self, account: str, symbol: str, side: Side | int, qty: int, price: int = 0,
                **kwargs) -> list:
         """Send a new order; returns its immediate replies (accepted/denied/rejected, fills)."""
-        return self.request(_Messages.submit_order(account, symbol, side, qty, price, **kwargs))
+        return self.request(self.submit_order(account, symbol, side, qty, price, **kwargs))
 
     def cancel(self, account: str, order_id: int = 0, *, orig_cl_ord_id: str = "",
                cl_ord_id: str = "") -> list:
-        return self.request(CancelOrder(account, order_id, orig_cl_ord_id, cl_ord_id))
+        return self.request(self.cancel_order(account, order_id, orig_cl_ord_id=orig_cl_ord_id,
+                                              cl_ord_id=cl_ord_id))
 
     def modify(self, account: str, order_id: int = 0, *, price: int | None = None,
                qty: int | None = None, orig_cl_ord_id: str = "", cl_ord_id: str = "") -> list:
-        return self.request(ModifyOrder(account, order_id, orig_cl_ord_id, cl_ord_id, price, qty))
+        return self.request(self.modify_order(account, order_id, price=price, qty=qty,
+                                              orig_cl_ord_id=orig_cl_ord_id, cl_ord_id=cl_ord_id))
 
     def mass_cancel(self, account: str = "", symbol: str = "", side: Side | None = None) -> list:
         return self.request(MassCancel(account, symbol, side))
@@ -156,9 +173,6 @@ class KilatClient:
         while self._pushed:
             yield self._pushed.popleft()
 
-    def close(self) -> None:
-        self._sock.close(0)
-
     def __enter__(self) -> KilatClient:
         return self
 
@@ -180,29 +194,21 @@ class KilatClient:
             self._pushed.extend(replies)
 
 
-class AsyncKilatClient:
+class AsyncKilatClient(_ClientBase):
     """The asyncio twin of ``KilatClient``; the same methods, awaited."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0):
-        self.endpoint = endpoint
+        super().__init__(endpoint, zmq.asyncio.Context.instance())
         self.timeout = timeout
-        self._ctx = zmq.asyncio.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
-        self._ids = itertools.count(1)
-        self._pushed: deque = deque()
-        self._encode = msgspec.msgpack.Encoder().encode
 
     async def submit(self, account, symbol, side, qty, price=0, **kwargs) -> list:
-        return await self.request(_Messages.submit_order(account, symbol, side, qty, price, **kwargs))
+        return await self.request(self.submit_order(account, symbol, side, qty, price, **kwargs))
 
-    async def cancel(self, account, order_id=0, *, orig_cl_ord_id="", cl_ord_id="") -> list:
-        return await self.request(CancelOrder(account, order_id, orig_cl_ord_id, cl_ord_id))
+    async def cancel(self, account, order_id=0, **kwargs) -> list:
+        return await self.request(self.cancel_order(account, order_id, **kwargs))
 
-    async def modify(self, account, order_id=0, *, price=None, qty=None, orig_cl_ord_id="",
-                     cl_ord_id="") -> list:
-        return await self.request(ModifyOrder(account, order_id, orig_cl_ord_id, cl_ord_id, price, qty))
+    async def modify(self, account, order_id=0, **kwargs) -> list:
+        return await self.request(self.modify_order(account, order_id, **kwargs))
 
     async def mass_cancel(self, account="", symbol="", side=None) -> list:
         return await self.request(MassCancel(account, symbol, side))
@@ -238,9 +244,6 @@ class AsyncKilatClient:
         out = list(self._pushed)
         self._pushed.clear()
         return out
-
-    def close(self) -> None:
-        self._sock.close(0)
 
     async def __aenter__(self) -> AsyncKilatClient:
         return self
