@@ -103,14 +103,46 @@ class RejectCode(IntEnum):
     QUANTITY_BELOW_FILLED = 1015
     INVALID_CL_ORD_ID = 1016
     ORDER_ACCOUNT_MISMATCH = 1017
+    UNKNOWN_USER = 1018
+    NOT_ENTITLED = 1019  # the user may not act on this account, or lacks the role
+    ORDER_HELD = 1020  # a held order cannot be modified until it is approved
+    FOUR_EYES = 1021  # the approver submitted the order
+    INVALID_CONTROL = 1022  # a control command's fields are invalid
     # -- 11xx duplicate detection --
     DUPLICATE_CL_ORD_ID = 1101
 
-    # -- 2xxx risk (filled in by risk/) --
+    # -- 2xxx risk (risk/) --
     RISK_DENIED = 2000
+    RISK_MAX_ORDER_QTY = 2001
+    RISK_MAX_ORDER_NOTIONAL = 2002
+    RISK_PRICE_COLLAR = 2003
+    RISK_NO_REFERENCE_PRICE = 2004
+    RISK_POSITION_LIMIT = 2005
+    RISK_GROSS_EXPOSURE = 2006
+    RISK_NET_EXPOSURE = 2007
+    RISK_BUYING_POWER = 2008
+    RISK_ORDER_RATE = 2009
+    RISK_MODIFY_RATE = 2010
+    RISK_KILL_SWITCH = 2011
+    RISK_HALTED = 2012
+    RISK_REDUCE_ONLY = 2013
+    RISK_NO_LIMIT = 2014  # fail-closed: no limit is configured for the account or instrument
+    RISK_NO_FX_RATE = 2015
 
-    # -- 3xxx compliance (filled in by compliance/) --
+    # -- 3xxx compliance (compliance/) --
     COMPLIANCE_DENIED = 3000
+    COMPLIANCE_RESTRICTED = 3001
+    COMPLIANCE_CONCENTRATION = 3002
+    COMPLIANCE_WEIGHT_RANGE = 3003
+    COMPLIANCE_SHARES_OUTSTANDING = 3004
+    COMPLIANCE_UCITS = 3005
+    COMPLIANCE_ACT40 = 3006
+    COMPLIANCE_NO_LOCATE = 3007
+    COMPLIANCE_ADV = 3008
+    COMPLIANCE_NO_PRICE = 3009  # fail-closed: a value the rule needs is unknown
+    COMPLIANCE_HELD = 3010  # a SOFT breach: held for a compliance officer's approval
+    COMPLIANCE_REJECTED_BY_OFFICER = 3011
+    COMPLIANCE_WATCH_LIST = 3012
 
     # -- 4xxx matching --
     POST_ONLY_WOULD_CROSS = 4001

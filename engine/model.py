@@ -43,6 +43,17 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lot_size: int
     price_band: tuple[Decimal, Decimal]
     name: str = ""
+    multiplier: Decimal = Decimal(1)  # currency units per price point per unit (futures: 50)
+    issuer: str = ""  # "" = the symbol is its own issuer
+    sector: str = ""
+    country: str = ""
+    asset_class: str = "equity"
+    shares_outstanding: int = 0  # units the issuer has out; 0 = unknown (rules on it fail closed)
+    adv: int = 0  # average daily volume in lots; 0 = unknown (rules on it fail closed)
+
+    @property
+    def issuer_id(self) -> str:
+        return self.issuer or self.symbol
 
 
 class AccountSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,6 +61,17 @@ class AccountSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = ""
     base_currency: str = "USD"
     stp: StpName = "cancel_resting"
+    fund: str = ""  # the fund this account trades for; "" = the account is its own fund
+    owner: str = ""  # beneficial owner (surveillance); "" = the account itself
+    cash: dict[str, Decimal] = {}  # opening cash per ISO 4217 currency, in major units
+
+    @property
+    def fund_id(self) -> str:
+        return self.fund or self.id
+
+    @property
+    def owner_id(self) -> str:
+        return self.owner or self.id
 
 
 class UserSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -122,6 +144,13 @@ def _check_instrument(field: str, spec: InstrumentSpec) -> None:
         )
     if spec.lot_size <= 0:
         raise ConfigError(f"{field}.lot_size: expected a positive integer, got {spec.lot_size}")
+    if not spec.multiplier.is_finite() or not Decimal("1e-9") <= spec.multiplier <= Decimal("1e9"):
+        raise ConfigError(
+            f"{field}.multiplier: expected a positive decimal from 1e-9 to 1e9, got {spec.multiplier}"
+        )
+    for name in ("shares_outstanding", "adv"):
+        if getattr(spec, name) < 0:
+            raise ConfigError(f"{field}.{name}: expected 0 (unknown) or a positive integer")
 
 
 def price_to_ticks(spec: InstrumentSpec, price: Decimal | str, where: str = "price") -> int:
