@@ -37,12 +37,15 @@ from engine.book import NumbaBook  # noqa: E402
 from engine.constants import Side, TimeInForce  # noqa: E402
 from engine.journal import JournalWriter, read_journal  # noqa: E402
 from engine.messages import JOURNAL_DECODER, CancelOrder, SubmitOrder  # noqa: E402
+from engine.model import ReferenceData  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.recovery import recover  # noqa: E402
 from engine.refbook import ReferenceBook  # noqa: E402
-from kilat.config import check_config, load_config  # noqa: E402
+from kilat.config import load_config  # noqa: E402
 
-REF = check_config(load_config())
+_CONFIG = load_config()
+# The engine alone: no users configured, so entitlements are not checked (tests/kilat checks them).
+REF = ReferenceData(_CONFIG.instruments, _CONFIG.accounts)
 
 
 def commands(n: int, seed: int) -> list:

@@ -109,6 +109,160 @@ class TakeSnapshot(msgspec.Struct, **_HOT):
     user: str = ""
 
 
+# -- COMMANDS: prices (journaled: marks drive risk, compliance and P&L) ---------------------------
+
+
+class PriceTick(msgspec.Struct, **_HOT):
+    """A price update for one instrument, in ticks; a 0 field leaves that price unchanged."""
+
+    symbol: str
+    bid: I64 = 0
+    ask: I64 = 0
+    last: I64 = 0
+    ts: I64 = 0
+    user: str = ""
+
+
+# -- COMMANDS: compliance officers --------------------------------------------------------------
+
+
+class ApproveOrder(msgspec.Struct, **_HOT):
+    """Release an order held for approval (a SOFT breach); it continues to the book. The
+    approver must hold the compliance role and must not be the order's submitter."""
+
+    order_id: I64
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class RejectHeldOrder(msgspec.Struct, **_HOT):
+    """Refuse an order held for approval: it ends Denied."""
+
+    order_id: I64
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class _AlertCommand(msgspec.Struct, **_HOT):
+    alert_id: I64
+    comment: str = ""
+    assignee: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class AcknowledgeAlert(_AlertCommand):
+    """OPEN -> ACKNOWLEDGED (optionally assigning it)."""
+
+
+class EscalateAlert(_AlertCommand):
+    """OPEN or ACKNOWLEDGED -> ESCALATED."""
+
+
+class ResolveAlert(_AlertCommand):
+    """-> RESOLVED (a finding acted upon)."""
+
+
+class DismissAlert(_AlertCommand):
+    """-> DISMISSED (a false positive); a comment saying why is required."""
+
+
+class CommentAlert(_AlertCommand):
+    """Add a comment (and optionally reassign) without changing the state."""
+
+
+class UpdateIssuerList(msgspec.Struct, **_HOT):
+    """Add an issuer to, or remove it from, the restricted or the watch list."""
+
+    list_name: str  # "restricted" | "watch"
+    issuer: str
+    add: bool = True
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class SetLocate(msgspec.Struct, **_HOT):
+    """Record the borrow located for short sales: ``qty`` lots of ``symbol`` for ``account``."""
+
+    account: str
+    symbol: str
+    qty: I64
+    ts: I64 = 0
+    user: str = ""
+
+
+# -- COMMANDS: risk controls (admin; the kill switch also compliance) ---------------------------
+
+
+class SetRiskLimit(msgspec.Struct, **_HOT):
+    """Change one limit at run time; ``account``/``symbol`` may be "*" (the default row)."""
+
+    account: str
+    symbol: str
+    name: str
+    value: str  # a decimal, as text: exact
+    ts: I64 = 0
+    user: str = ""
+
+
+class SetKillSwitch(msgspec.Struct, **_HOT):
+    """Stop (``on``) or resume new orders for the firm ("global"), an account or a user;
+    switching on also cancels the working orders in its scope."""
+
+    scope: str  # "global" | "account" | "user"
+    target: str = ""
+    on: bool = True
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class SetTradingState(msgspec.Struct, **_HOT):
+    """ACTIVE, REDUCING (only orders that reduce a position) or HALTED (only cancels), per
+    account and instrument ("*" for all)."""
+
+    account: str
+    symbol: str
+    state: str
+    ts: I64 = 0
+    user: str = ""
+
+
+# -- JOURNAL ONLY: a command with the pre-trade findings that changed its course -----------------
+
+
+class RuleFinding(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One pre-trade evaluation that did not simply pass: kept with the rule version and the
+    figures it used."""
+
+    rule_id: str
+    version: int
+    severity: str  # HARD | SOFT | WARN
+    code: int
+    text: str
+    value: float
+    limit: float
+
+
+class BatchEnd(msgspec.Struct, **_HOT):
+    """Journal only: stage 8 observed the commands since the previous mark as one batch. Replay
+    observes at the same marks, so post-trade and surveillance state folds identically."""
+
+
+class ScreenedOrder(msgspec.Struct, **_HOT):
+    """A submit whose compliance screening held it (``hold_code`` != 0) or raised warnings.
+    Journaled instead of the bare command so that replay repeats the decision without
+    re-running the rules (whose config may have changed since)."""
+
+    order: SubmitOrder
+    hold_code: int
+    hold_reason: str
+    findings: list[RuleFinding]
+
+
 # -- QUERIES (read-only, never journaled) -------------------------------------------------------
 
 
@@ -127,13 +281,48 @@ class Ping(msgspec.Struct, **_HOT):
     token: I64 = 0
 
 
-Command = SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot
-Query = QueryOrders | QueryBook | Ping
-Journaled = SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | AdvanceTime | TakeSnapshot
+class QueryAlerts(msgspec.Struct, **_HOT):
+    """Alerts matching every given filter (empty = any); ``alert_id`` > 0 gives one with its
+    history."""
+
+    state: str = ""
+    severity: str = ""
+    rule: str = ""
+    account: str = ""
+    alert_id: I64 = 0
+    limit: I64 = 1000
+
+
+class QueryRisk(msgspec.Struct, **_HOT):
+    """Limits, controls and utilisation (one account, or all)."""
+
+    account: str = ""
+
+
+class QueryPositions(msgspec.Struct, **_HOT):
+    """Positions, working lots and cash (one account, or all)."""
+
+    account: str = ""
+
+
+Command = (
+    SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot | PriceTick
+    | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
+    | DismissAlert | CommentAlert | UpdateIssuerList | SetLocate | SetRiskLimit | SetKillSwitch
+    | SetTradingState
+)
+Query = QueryOrders | QueryBook | Ping | QueryAlerts | QueryRisk | QueryPositions
+Journaled = Command | AdvanceTime | ScreenedOrder | BatchEnd
 ClientMessage = Command | Query
 
+ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, CommentAlert)
+
 #: Commands that change state; only these reach the journal.
-STATE_COMMANDS = (SubmitOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot)
+STATE_COMMANDS = (
+    SubmitOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
+    PriceTick, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
+    SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, BatchEnd,
+)
 
 
 # -- EVENTS -------------------------------------------------------------------------------------
@@ -247,6 +436,58 @@ class OrderTriggered(msgspec.Struct, **_HOT):
     ts: int
 
 
+class OrderHeld(msgspec.Struct, **_HOT):
+    """A SOFT compliance breach: the order waits in PendingApproval for a compliance officer."""
+
+    order_id: int
+    account: str
+    cl_ord_id: str
+    symbol: str
+    code: int
+    reason: str
+    ts: int
+
+
+class OrderReleased(msgspec.Struct, **_HOT):
+    """A compliance officer approved a held order; it goes on to the book."""
+
+    order_id: int
+    account: str
+    cl_ord_id: str
+    approver: str
+    reason: str
+    ts: int
+
+
+class AlertRaised(msgspec.Struct, **_HOT):
+    """A finding for compliance: a pre-trade rule (WARN or SOFT), a post-trade breach or a
+    surveillance detector, with the evidence that made it."""
+
+    alert_id: int
+    source: str  # "pre-trade" | "post-trade" | "surveillance"
+    rule_id: str
+    rule_version: int
+    severity: str
+    account: str
+    symbol: str
+    text: str
+    order_ids: list[int]
+    exec_ids: list[int]
+    ts: int
+
+
+class AlertUpdated(msgspec.Struct, **_HOT):
+    """An alert changed: an officer's action, or the breach it reports recovered."""
+
+    alert_id: int
+    state: str
+    action: str
+    user: str
+    comment: str
+    assignee: str
+    ts: int
+
+
 Event = (
     OrderAccepted
     | OrderDenied
@@ -257,6 +498,10 @@ Event = (
     | OrderCancelRejected
     | OrderExpired
     | OrderTriggered
+    | OrderHeld
+    | OrderReleased
+    | AlertRaised
+    | AlertUpdated
 )
 
 
@@ -319,7 +564,46 @@ class Pong(msgspec.Struct, **_HOT):
     seq: int
 
 
-Reply = Event | CommandError | CommandDone | OrdersView | BookView | Pong
+class AlertHistoryEntry(msgspec.Struct, **_HOT):
+    ts: int
+    user: str
+    action: str
+    state: str
+    comment: str
+
+
+class AlertView(msgspec.Struct, **_HOT):
+    alert_id: int
+    source: str
+    rule_id: str
+    rule_version: int
+    severity: str
+    state: str
+    account: str
+    symbol: str
+    text: str
+    assignee: str
+    recovered: bool
+    order_ids: list[int]
+    exec_ids: list[int]
+    raised_ts: int
+    updated_ts: int
+    history: list[AlertHistoryEntry]
+
+
+class AlertsView(msgspec.Struct, **_HOT):
+    alerts: list[AlertView]
+
+
+class TableView(msgspec.Struct, **_HOT):
+    """A query answered as a table (risk limits, positions): column names and rows."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str | int | float | bool]]
+
+
+Reply = Event | CommandError | CommandDone | OrdersView | BookView | Pong | AlertsView | TableView
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(ClientMessage)
 JOURNAL_DECODER = msgspec.msgpack.Decoder(Journaled)

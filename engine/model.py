@@ -24,6 +24,9 @@ _STP_BY_NAME = {
 }
 
 
+#: The user Kilat's own commands carry (timer, recovery); no client may claim it.
+SYSTEM_USER = "kilat"
+
 #: The tick sizes an instrument may have (prices travel as int64 ticks of it).
 MIN_TICK, MAX_TICK = Decimal("1e-9"), Decimal("1e6")
 
@@ -96,7 +99,8 @@ class Instrument(msgspec.Struct, frozen=True):
 class ReferenceData:
     """Instruments and accounts with dense integer indices for the books. Lookups are O(1)."""
 
-    def __init__(self, instruments: list[InstrumentSpec], accounts: list[AccountSpec]):
+    def __init__(self, instruments: list[InstrumentSpec], accounts: list[AccountSpec],
+                 users: list[UserSpec] = ()):
         self.instruments: dict[str, Instrument] = {}
         self.by_index: list[Instrument] = []
         for field, spec in _indexed("instruments", instruments):
@@ -121,6 +125,19 @@ class ReferenceData:
                 raise ConfigError(f"{field}.id: duplicate account {acc.id!r}")
             self.accounts[acc.id] = acc
             self.account_index[acc.id] = len(self.account_index)
+        #: Users by name. Empty = entitlements are not checked (an engine run alone, in tests).
+        self.users: dict[str, UserSpec] = {}
+        for field, user in _indexed("users", users):
+            if user.name in self.users:
+                raise ConfigError(f"{field}.name: duplicate user {user.name!r}")
+            if user.name == SYSTEM_USER:
+                raise ConfigError(f"{field}.name: {SYSTEM_USER!r} is reserved for Kilat itself")
+            if not user.roles:
+                raise ConfigError(f"{field}.roles: expected at least one role")
+            for account in user.accounts:
+                if account not in self.accounts:
+                    raise ConfigError(f"{field}.accounts: unknown account {account!r}")
+            self.users[user.name] = user
 
     def stp_mode(self, account: str) -> SelfTradePrevention:
         return _STP_BY_NAME[self.accounts[account].stp]

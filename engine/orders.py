@@ -139,6 +139,7 @@ class Order(msgspec.Struct, gc=False):
     notional: int = 0
     updated_ts: int = 0
     triggered: bool = False
+    user: str = ""  # who entered it (kill switch per trader, four-eyes approval)
 
     # -- COMMANDS --
 

@@ -1,20 +1,29 @@
 """The sequencer pipeline: one writer, numbered stages, wired here and nowhere else.
 
-    1 validate   check the command against reference data and order state; derive book fields
+    1 validate   entitlements (who may send it), then the command against reference data
+                 and order state; derive book fields
     2 dedupe     a ClOrdID is unique per account within the trading day (FIX 4.4)
-    3 risk       hook (a callable filled in by ``kilat``; passes everything by default)
-    4 compliance hook (likewise)
+    3 risk       a check filled in by ``kilat`` (passes everything by default)
+    4 compliance likewise; it may also hold an order for approval or attach warnings
     5 journal    append the stamped command; the caller group-commits before replies leave
     6 match      one call into the book (numba or reference, behind one narrow interface)
-    7 apply      turn book events into order transitions and msgspec events
-    8 publish    return the events; the caller routes them
+    7 apply      book events -> order transitions, portfolio (positions, working lots, cash
+                 holds) and msgspec events
+    8 observe    post-trade stages (compliance monitors, surveillance) see every journaled
+                 command with its events; what they raise (alerts) goes to ``notices``
+    9 publish    return the events; the caller routes them
+
+Risk and compliance plug in as ``Stage`` objects: a pre-trade ``check``, the control commands
+they own (limits, kill switch, issuer lists, alert actions), an ``observe`` for stage 8, queries
+and their own snapshot state. The engine imports none of them.
 
 Stages 1-4 only read state (validate before mutate: nothing changes until a command has passed
 them all); stages 6-7 are the only ones that write. Time is the ``ts`` stamped on the command.
 
 Two paths share every stage: ``process`` (one command, latency) and ``process_batch`` (many
 commands, one jitted book call: throughput). Recovery replays journaled commands through
-``replay_batch``, which runs stages 1, 2, 6 and 7 (building no events) and must reach the
+``replay_batch``, which runs stages 1, 2, 6, 7 and 8 (stages 3-4 are not re-run: a hold or a
+warning they produced was journaled with the command as a ``ScreenedOrder``) and must reach the
 identical state.
 """
 
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -59,8 +68,11 @@ from engine.constants import (
     OrderType,
     RejectCode,
 )
+from engine.entitlements import entitlement_refusal
 from engine.messages import (
     AdvanceTime,
+    ApproveOrder,
+    BatchEnd,
     CancelOrder,
     CommandDone,
     CommandError,
@@ -73,22 +85,60 @@ from engine.messages import (
     OrderDenied,
     OrderExpired,
     OrderFilled,
+    OrderHeld,
     OrderRejected,
+    OrderReleased,
     OrderReplaced,
     OrderTriggered,
+    PriceTick,
+    RejectHeldOrder,
+    RuleFinding,
+    ScreenedOrder,
     SubmitOrder,
     TakeSnapshot,
 )
 from engine.model import ReferenceData
 from engine.orders import Order, OrderStatus, Transition
+from engine.portfolio import Portfolio
 
 Refusal = tuple[int, str]
 
 #: The largest order quantity (lots) any order may have: keeps price × qty inside int64 for every
 #: price band (risk limits are far tighter; this is the arithmetic's guard, not a trading limit).
 MAX_ORDER_QTY = 10**12
-#: A pre-trade check: returns None to pass, or (code, text) to deny. Must not mutate anything.
-Check = Callable[[SubmitOrder | ModifyOrder, "Pipeline"], Refusal | None]
+
+
+class Screening(NamedTuple):
+    """A pre-trade outcome that is neither a clean pass nor a denial: hold the order for a
+    compliance officer (``hold_code`` != 0) and/or record warnings. Submits only."""
+
+    hold_code: int
+    hold_reason: str
+    findings: list[RuleFinding]
+
+
+#: A pre-trade check: None to pass, (code, text) to deny, or a Screening. Must not mutate anything.
+Check = Callable[[SubmitOrder | ModifyOrder, "Pipeline"], "Refusal | Screening | None"]
+
+
+class Stage(Protocol):
+    """A pluggable stage (risk, compliance). Every method but ``check`` may be a no-op."""
+
+    #: The control commands this stage owns (journaled; checked then applied by it).
+    controls: tuple[type, ...]
+
+    def check(self, cmd: SubmitOrder | ModifyOrder, pipeline: Pipeline) -> Refusal | Screening | None: ...
+    def check_control(self, cmd, pipeline: Pipeline) -> Refusal | None: ...
+    # Optional: ``note(record)`` once a journaled command is applied or, for a submit, opened
+    # (live and on replay), so the next command's check sees it even inside a batch run
+    # (throttles, cached aggregates); ``observe`` for stage 8 (per batch).
+
+    def apply_control(self, cmd, pipeline: Pipeline) -> list: ...
+    def observe(self, done: list[tuple[object, list]], pipeline: Pipeline) -> list: ...
+    def query(self, query, pipeline: Pipeline): ...
+    def dump(self) -> bytes: ...
+    def load(self, data: bytes) -> None: ...
+    def state_hash(self) -> bytes: ...
 
 
 class JournalSink(Protocol):
@@ -121,7 +171,21 @@ _T_EXPIRE = Transition.EXPIRE
 _T_REJECT = Transition.REJECT
 _T_REPLACE = Transition.REPLACE
 _T_TRIGGER = Transition.TRIGGER
+_T_HOLD = Transition.HOLD
+_T_RELEASE = Transition.RELEASE
+_T_DENY = Transition.DENY
 _S_PENDING_NEW = OrderStatus.PENDING_NEW
+_S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
+
+# Operations the pipeline runs itself (the book's OP_* are below 100).
+_OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL = 100, 101, 102, 103, 104
+
+
+_BATCH_END = BatchEnd()
+
+
+def _screened(cmd: SubmitOrder, screening: Screening) -> ScreenedOrder:
+    return ScreenedOrder(cmd, int(screening.hold_code), screening.hold_reason, list(screening.findings))
 
 
 _REASONS = {code.value: code.name.replace("_", " ").lower() for code in RejectCode}
@@ -141,11 +205,19 @@ class Pipeline:
         journal: JournalSink | None = None,
         risk_check: Check = pass_all,
         compliance_check: Check = pass_all,
+        stages: Sequence[Stage] = (),
+        portfolio: Portfolio | None = None,
     ):
         self.ref = ref
         self.book = book
         self.journal = journal
+        self.portfolio = portfolio if portfolio is not None else Portfolio(ref)
+        self.stages = tuple(stages)
         self.orders: dict[int, Order] = {}
+        self.held: dict[int, SubmitOrder] = {}  # orders waiting for approval -> their command
+        self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
+        self.replaying = False
+        self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
         self.cl_ord_ids: dict[tuple[str, str], int] = {}  # (account, ClOrdID) -> order id, 0 = request
         self.next_order_id = 1
         self.next_exec_id = 1
@@ -154,7 +226,15 @@ class Pipeline:
         self._encode = msgspec.msgpack.Encoder().encode
         self._account_index = ref.account_index
         self._stp_default = {a: int(ref.stp_mode(a)) for a in ref.accounts}
-        self._hooks = tuple(h for h in (risk_check, compliance_check) if h is not pass_all)
+        self._hooks = tuple(h for h in (risk_check, compliance_check) if h is not pass_all) + tuple(
+            stage.check for stage in self.stages
+        )
+        self._controls = {kind: stage for stage in self.stages for kind in stage.controls}
+        self._observers = tuple(stage.observe for stage in self.stages if hasattr(stage, "observe"))
+        self._notes = tuple(stage.note for stage in self.stages if hasattr(stage, "note"))
+        self._check_users = bool(ref.users)
+        self._pf_open, self._pf_fill = self.portfolio.open, self.portfolio.fill
+        self._pf_close, self._pf_replace = self.portfolio.close, self.portfolio.replace
 
     # -- COMMANDS: the two paths ----------------------------------------------------------------
 
@@ -162,16 +242,29 @@ class Pipeline:
         """Run one command through every stage; returns the events it caused. O(events)."""
         if type(cmd) is SubmitOrder:  # the hot path, stage by stage without the generic dispatch
             refused = self._refuse_submit(cmd, run_hooks=True)
-            if refused is not None:
+            if refused is None:
+                self._journal(cmd)
+                order = self._open(cmd)
+                for note in self._notes:
+                    note(cmd)
+                events = self._apply(self.book.submit(*self._book_fields(order, cmd)), cmd.ts, order, [])
+                if self._observers:
+                    self._observe_live([(cmd, events)])
+                return events
+            if type(refused) is list:
                 return refused
-            self._journal(cmd)
-            order = self._open(cmd)
-            return self._apply(self.book.submit(*self._book_fields(order, cmd)), cmd.ts, order, [])
-        prepared = self._check(cmd, run_hooks=True)
-        if not isinstance(prepared, _Prepared):
-            return prepared
-        self._journal(cmd)
-        return self._execute(prepared)
+            prepared = _Prepared(_OP_SCREENED, _screened(cmd, refused))
+        else:
+            prepared = self._check(cmd, run_hooks=True)
+            if not isinstance(prepared, _Prepared):
+                return prepared
+        self._journal(prepared.cmd)
+        events = self._execute(prepared)
+        for note in self._notes:
+            note(prepared.cmd)
+        if self._observers:
+            self._observe_live([(prepared.cmd, events)])
+        return events
 
     def process_batch(self, cmds: Sequence) -> list[list]:
         """Throughput path: consecutive submits and cancels run through one jitted book call.
@@ -185,20 +278,55 @@ class Pipeline:
 
     def replay_batch(self, first_seq: int, cmds: Sequence) -> None:
         """Recovery's fast path: re-apply journaled commands ``first_seq``, ``first_seq + 1``, …
-        through the batch path, building no events. Raises if one is now refused."""
+        through the batch path. Raises if one is now refused. Events are built only when a
+        stage observes them (stage 8 state is a fold of them too)."""
         if first_seq != self.seq + 1:
             raise RuntimeError(f"replay expected seq {self.seq + 1}, got {first_seq}")
-        self._emit = False
+        self._emit = bool(self._observers)
+        self.replaying = True
         try:
             self._batch(cmds, live=False)
         finally:
             self._emit = True
+            self.replaying = False
+            self.notices.clear()
+
+    def end_replay(self) -> None:
+        """Recovery reached the journal's end: commands after the last ``BatchEnd`` (their mark
+        was lost with a torn tail) are observed now, as their live batch was."""
+        if self._replay_pending:
+            self.replaying = True
+            try:
+                pending, self._replay_pending = self._replay_pending, []
+                self._observe(pending)
+            finally:
+                self.replaying = False
+                self.notices.clear()
 
     def _batch(self, cmds: Sequence, live: bool) -> list[list]:
         results: list[list] = []
+        records: list = []  # what was journaled for each command (None: refused), as results
         run: list[_Prepared] = []
+        observed = 0  # records before this index were observed (replay: at a BatchEnd)
         for cmd in cmds:
             kind = type(cmd)
+            if kind is BatchEnd:
+                if live:
+                    raise TypeError("a BatchEnd comes from the journal only")
+                if run:
+                    results.extend(self._execute_run(run))
+                    run = []
+                self.seq += 1
+                pending = self._replay_pending + [
+                    (r, ev) for r, ev in zip(records[observed:], results[observed:], strict=True)
+                    if r is not None]
+                self._replay_pending = []
+                records.append(None)
+                results.append([])
+                observed = len(records)
+                if self._observers:
+                    self._observe(pending)
+                continue
             if run and kind is not SubmitOrder and kind is not CancelOrder:
                 results.extend(self._execute_run(run))
                 run = []
@@ -213,22 +341,53 @@ class Pipeline:
                     results.extend(self._execute_run(run))
                     run = []
                 results.append(prepared)
+                records.append(None)
                 continue
             if live:
-                self._journal(cmd)
+                self._journal(prepared.cmd)
             else:
                 self.seq += 1
-            if prepared.op == bk.OP_SUBMIT:
-                prepared.order = self._open(cmd)
+            records.append(prepared.cmd)
+            op = prepared.op
+            if op == _OP_SCREENED and not prepared.cmd.hold_code:
+                prepared = _Prepared(bk.OP_SUBMIT, prepared.cmd.order)
+                op = bk.OP_SUBMIT
+            if op == bk.OP_SUBMIT:
+                prepared.order = self._open(prepared.cmd)
                 run.append(prepared)
-            elif prepared.op == bk.OP_CANCEL:
+            elif op == bk.OP_CANCEL:
                 self._note_request(cmd)
                 run.append(prepared)
             else:
+                if run:
+                    results.extend(self._execute_run(run))
+                    run = []
                 results.append(self._execute(prepared))
+            for note in self._notes:
+                note(records[-1])
         if run:
             results.extend(self._execute_run(run))
+        if self._observers:
+            done = [(r, ev) for r, ev in zip(records[observed:], results[observed:], strict=True)
+                    if r is not None]
+            if live:
+                if done:
+                    self._observe_live(done)
+            else:
+                self._replay_pending.extend(done)
         return results
+
+    def _observe_live(self, done: list[tuple[object, list]]) -> None:
+        """Stage 8 for one live batch, then a journaled mark of where the batch ended."""
+        self._observe(done)
+        self._journal(_BATCH_END)
+
+    def _observe(self, done: list[tuple[object, list]]) -> None:
+        """Stage 8: every observing stage sees the journaled commands with their events."""
+        for observe in self._observers:
+            raised = observe(done, self)
+            if raised and not self.replaying:
+                self.notices.extend(raised)
 
     def next_expiry(self) -> int:
         """When the earliest GTD order expires (ns), or 0 if none. O(1)."""
@@ -240,6 +399,10 @@ class Pipeline:
         kind = type(cmd)
         if kind is SubmitOrder:
             return self._check_submit(cmd, run_hooks)
+        if run_hooks and self._check_users:
+            refusal = entitlement_refusal(self.ref, cmd)
+            if refusal is not None:
+                return self._refusal_reply(cmd, refusal)
         if kind is CancelOrder:
             return self._check_cancel(cmd)
         if kind is ModifyOrder:
@@ -248,11 +411,57 @@ class Pipeline:
             return self._check_mass_cancel(cmd)
         if kind in (EndOfDay, AdvanceTime, TakeSnapshot):
             return _Prepared(_OP_BY_KIND[kind], cmd)
-        raise TypeError(f"not a state command: {kind.__name__}")
+        if kind is PriceTick:
+            return self._check_price(cmd)
+        if kind is ApproveOrder or kind is RejectHeldOrder:
+            return self._check_decision(cmd)
+        if kind is ScreenedOrder:
+            if run_hooks:
+                raise TypeError("a ScreenedOrder comes from the journal only")
+            refused = self._refuse_submit(cmd.order, False)
+            return _Prepared(_OP_SCREENED, cmd) if refused is None else refused
+        stage = self._controls.get(kind)
+        if stage is None:
+            raise TypeError(f"not a state command: {kind.__name__}")
+        refusal = stage.check_control(cmd, self)
+        if refusal is not None:
+            return [CommandError(int(refusal[0]), refusal[1])]
+        return _Prepared(_OP_CONTROL, cmd, stage)
+
+    def _refusal_reply(self, cmd, refusal: Refusal) -> list:
+        code, text = int(refusal[0]), refusal[1]
+        if type(cmd) in (CancelOrder, ModifyOrder):
+            return [self._cancel_rejected(cmd, code, text, type(cmd) is ModifyOrder)]
+        return [CommandError(code, text)]
 
     def _check_submit(self, cmd: SubmitOrder, run_hooks: bool):
         refused = self._refuse_submit(cmd, run_hooks)
-        return _Prepared(bk.OP_SUBMIT, cmd) if refused is None else refused
+        if refused is None:
+            return _Prepared(bk.OP_SUBMIT, cmd)
+        if type(refused) is list:
+            return refused
+        return _Prepared(_OP_SCREENED, _screened(cmd, refused))
+
+    def _check_price(self, cmd: PriceTick):
+        if cmd.symbol not in self.ref.instruments:
+            return [CommandError(int(RejectCode.UNKNOWN_INSTRUMENT), f"unknown instrument {cmd.symbol!r}")]
+        if cmd.bid < 0 or cmd.ask < 0 or cmd.last < 0 or not (cmd.bid or cmd.ask or cmd.last):
+            return [CommandError(int(RejectCode.INVALID_PRICE), (
+                f"a price tick needs bid, ask or last as positive ticks (0 = unchanged), got "
+                f"bid={cmd.bid} ask={cmd.ask} last={cmd.last}"
+            ))]
+        return _Prepared(_OP_PRICE, cmd)
+
+    def _check_decision(self, cmd: ApproveOrder | RejectHeldOrder):
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.status is not _S_PENDING_APPROVAL:
+            what = "no such order" if order is None else f"it is {order.status.value}"
+            return [CommandError(int(RejectCode.ORDER_NOT_WORKING),
+                                 f"order {cmd.order_id} is not held for approval ({what})")]
+        if type(cmd) is ApproveOrder and order.user and order.user == cmd.user:
+            return [CommandError(int(RejectCode.FOUR_EYES),
+                                 f"user {cmd.user!r} submitted order {order.order_id}; another officer must approve it")]
+        return _Prepared(_OP_DECIDE, cmd, order)
 
     def _refuse_submit(self, cmd: SubmitOrder, run_hooks: bool) -> list | None:
         """Stages 1-4 for a new order: None if it passes, else the refusal event.
@@ -260,7 +469,10 @@ class Pipeline:
         Replay (``run_hooks`` false) trusts the journal's static checks: a price band narrowed in
         the config since must not stop recovery. Only what the book fields need is checked.
         """
-        refusal = self._validate_submit(cmd) if run_hooks else self._check_known(cmd)
+        if run_hooks:
+            refusal = self._check_users and entitlement_refusal(self.ref, cmd) or self._validate_submit(cmd)
+        else:
+            refusal = self._check_known(cmd)
         if refusal is None and (cmd.account, cmd.cl_ord_id) in self.cl_ord_ids:  # 2 dedupe
             refusal = (
                 RejectCode.DUPLICATE_CL_ORD_ID,
@@ -270,10 +482,16 @@ class Pipeline:
             code, text = refusal
             return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(code), text, cmd.ts)]
         if run_hooks:
+            screening = None
             for hook in self._hooks:  # 3 risk, 4 compliance (pass_all is skipped)
-                denial = hook(cmd, self)
-                if denial is not None:
-                    return [OrderDenied(cmd.account, cmd.cl_ord_id, int(denial[0]), denial[1], cmd.ts)]
+                outcome = hook(cmd, self)
+                if outcome is None:
+                    continue
+                if type(outcome) is Screening:
+                    screening = outcome
+                    continue
+                return [OrderDenied(cmd.account, cmd.cl_ord_id, int(outcome[0]), outcome[1], cmd.ts)]
+            return screening
         return None
 
     def _check_known(self, cmd: SubmitOrder) -> Refusal | None:
@@ -361,6 +579,8 @@ class Pipeline:
         refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
         if refusal is not None:
             return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], False)]
+        if found.status is _S_PENDING_APPROVAL:
+            return _Prepared(_OP_CANCEL_HELD, cmd, found)  # never reached the book
         # Whether it still works is the book's call: the batch path may not have applied fills yet.
         return _Prepared(bk.OP_CANCEL, cmd, found)
 
@@ -369,9 +589,13 @@ class Pipeline:
         refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
         if refusal is None:
             refusal = self._validate_modify(cmd, found, check_band=run_hooks)
+        if refusal is None and found.status is _S_PENDING_APPROVAL:
+            refusal = RejectCode.ORDER_HELD, f"order {found.order_id} is held for approval; cancel it instead"
         if refusal is None and run_hooks:
             for hook in self._hooks:
                 refusal = hook(cmd, self)
+                if type(refusal) is Screening:
+                    refusal = (refusal.hold_code, refusal.hold_reason) if refusal.hold_code else None
                 if refusal is not None:
                     break
         if refusal is not None:
@@ -424,6 +648,8 @@ class Pipeline:
         """Stages 6-7 for a checked command other than a submit (both paths open those)."""
         cmd, book, out = p.cmd, self.book, []
         op = p.op
+        if op >= _OP_SCREENED:
+            return self._execute_own(p)
         if op == bk.OP_CANCEL:
             self._note_request(cmd)
             return self._apply(book.cancel(p.order.order_id), cmd.ts, None, out, cmd)
@@ -438,14 +664,81 @@ class Pipeline:
             instr = self.ref.instruments[cmd.symbol].index if cmd.symbol else -1
             account = self._account_index[cmd.account] if cmd.account else -1
             self._apply(book.mass_cancel(instr, account, side), cmd.ts, None, out)
+            self._cancel_held(lambda o: (instr < 0 or o.instrument == instr) and (
+                not cmd.account or o.account == cmd.account) and (side < 0 or o.side == side),
+                int(RejectCode.MASS_CANCEL), cmd.ts, out)
             return [*out, CommandDone("MassCancel", self.seq, len(out))]
         if op == bk.OP_END_OF_DAY:
             self._apply(book.end_of_day(), cmd.ts, None, out)
+            self._cancel_held(lambda o: o.tif == DAY, int(RejectCode.END_OF_DAY), cmd.ts, out)
             self._archive_done()
+            self.portfolio.end_of_day()
             return [*out, CommandDone("EndOfDay", self.seq, len(out))]
         if op == bk.OP_EXPIRE:
             return self._apply(book.expire(cmd.ts), cmd.ts, None, out)
         return [CommandDone("TakeSnapshot", self.seq, 0)]  # the service writes the file
+
+    def _execute_own(self, p: _Prepared) -> list:
+        """Stages 6-7 for what only the pipeline handles: holds, approvals, prices, controls."""
+        cmd, op, out = p.cmd, p.op, []
+        if op == _OP_PRICE:
+            self.portfolio.tick(self.ref.instruments[cmd.symbol].index, cmd.bid, cmd.ask, cmd.last, cmd.ts)
+            return out
+        if op == _OP_CONTROL:
+            out = p.order.apply_control(cmd, self)  # p.order carries the owning stage
+            return [*out, CommandDone(type(cmd).__name__, self.seq, len(out))]
+        if op == _OP_SCREENED:
+            submit = cmd.order
+            order = self._open(submit)
+            if not cmd.hold_code:
+                return self._apply(self.book.submit(*self._book_fields(order, submit)), submit.ts, order, out)
+            order.apply(_T_HOLD, submit.ts)
+            self.held[order.order_id] = submit
+            if self._emit:
+                out.append(OrderHeld(order.order_id, order.account, order.cl_ord_id, order.symbol,
+                                     cmd.hold_code, cmd.hold_reason, submit.ts))
+            return out
+        if op == _OP_CANCEL_HELD:
+            self._note_request(cmd)
+            self._cancel_held(lambda o: o is p.order, int(RejectCode.CANCEL_REQUESTED), cmd.ts, out)
+            return out
+        order = p.order  # _OP_DECIDE
+        submit = self.held.pop(order.order_id)
+        if type(cmd) is RejectHeldOrder:
+            order.apply(_T_DENY, cmd.ts)
+            self._pf_close(order, order.qty - order.cum_qty)
+            if self._emit:
+                reason = f"rejected by compliance officer {cmd.user}: {cmd.reason}".rstrip(": ")
+                out.append(OrderDenied(order.account, order.cl_ord_id,
+                                       int(RejectCode.COMPLIANCE_REJECTED_BY_OFFICER), reason, cmd.ts))
+            return out
+        order.apply(_T_RELEASE, cmd.ts)
+        if self._emit:
+            out.append(OrderReleased(order.order_id, order.account, order.cl_ord_id, cmd.user, cmd.reason, cmd.ts))
+        return self._apply(self.book.submit(*self._book_fields(order, submit)), cmd.ts, order, out)
+
+    def _cancel_held(self, match, code: int, ts: int, out: list) -> None:
+        """Cancel held orders that ``match``; they never reached the book. O(held)."""
+        for oid in [oid for oid, _ in self.held.items() if match(self.orders[oid])]:
+            order = self.orders[oid]
+            del self.held[oid]
+            leaves = order.qty - order.cum_qty
+            order.apply(_T_CANCEL, ts)
+            self._pf_close(order, leaves)
+            if self._emit:
+                out.append(OrderCanceled(oid, order.account, order.cl_ord_id, leaves, code, reason_text(code), ts))
+
+    def cancel_orders(self, match, code: int, ts: int) -> list:
+        """Cancel every working order that ``match`` (in the book or held) with reason ``code``:
+        for stages applying a control (the kill switch). Stage 7; O(orders)."""
+        out: list = []
+        self._cancel_held(match, code, ts, out)
+        for oid in [oid for oid, o in self.orders.items() if o.is_working and match(o)]:
+            events = self.book.cancel(oid)
+            cancel_rows = events[:, EV_TYPE] == CANCEL
+            events[cancel_rows, EV_REASON] = code
+            self._apply(events, ts, None, out)
+        return out
 
     def _execute_run(self, run: list[_Prepared]) -> list[list]:
         """A run of submits (orders already opened) and cancels in one jitted book call; each
@@ -476,10 +769,11 @@ class Pipeline:
         order = Order(
             oid, cmd.account, cmd.cl_ord_id, cmd.symbol, inst.index, cmd.side, cmd.order_type,
             cmd.tif, cmd.price, cmd.stop_price, cmd.qty, cmd.display_qty, cmd.post_only,
-            cmd.expire_ts, cmd.ts, updated_ts=cmd.ts,
+            cmd.expire_ts, cmd.ts, updated_ts=cmd.ts, user=cmd.user,
         )
         self.orders[oid] = order
         self.cl_ord_ids[(cmd.account, cmd.cl_ord_id)] = oid
+        self._pf_open(order)  # working lots and cash holds count from here: the next check sees them
         return order
 
     def _book_fields(self, order: Order, cmd: SubmitOrder) -> tuple:
@@ -495,8 +789,9 @@ class Pipeline:
             self.cl_ord_ids[(cmd.account, cmd.cl_ord_id)] = 0
 
     def _apply(self, events: np.ndarray, ts: int, new: Order | None, out: list, request=None) -> list:
-        """Stage 7 for one command: book events -> order transitions -> msgspec events.
+        """Stage 7 for one command: book events -> order transitions, portfolio, msgspec events.
 
+        A new order counts in the portfolio from ``_open`` on; a book reject releases it.
         During replay (``_emit`` off) the transitions are applied and no event is built.
         """
         rows = events.tolist()
@@ -504,6 +799,7 @@ class Pipeline:
         if new is not None:
             if rows and rows[0][EV_TYPE] == REJECT and rows[0][EV_OID] == new.order_id:
                 code = rows[0][EV_REASON]
+                self._pf_close(new, new.qty - new.cum_qty)
                 new.apply(_T_REJECT, ts)
                 if sink is not None:
                     out.append(OrderRejected(new.account, new.cl_ord_id, new.order_id, code, reason_text(code), ts))
@@ -532,6 +828,7 @@ class Pipeline:
         elif etype == CANCEL:
             order = orders[row[EV_OID]]
             code = row[EV_REASON]
+            self._pf_close(order, order.qty - order.cum_qty)
             order.apply(_T_CANCEL, ts)
             if out is not None:
                 out.append(OrderCanceled(
@@ -539,6 +836,7 @@ class Pipeline:
             ))
         elif etype == EXPIRE:
             order = orders[row[EV_OID]]
+            self._pf_close(order, order.qty - order.cum_qty)
             order.apply(_T_EXPIRE, ts)
             if out is not None:
                 out.append(OrderExpired(order.order_id, order.account, order.cl_ord_id, row[EV_QTY], row[EV_REASON], ts))
@@ -551,9 +849,11 @@ class Pipeline:
                                       row[EV_PRICE], ts))
         elif etype == REPLACE:
             order = orders[row[EV_OID]]
+            old_price, old_leaves = order.price, order.qty - order.cum_qty
             order.price = row[EV_PRICE] if order.order_type in (LIMIT, STOP_LIMIT) else order.price
             order.qty = order.cum_qty + row[EV_LEAVES]
             order.apply(_T_REPLACE, ts)
+            self._pf_replace(order, old_price, old_leaves)
             if out is not None:
                 out.append(OrderReplaced(
                 order.order_id, order.account, (request and request.cl_ord_id) or order.cl_ord_id,
@@ -574,6 +874,7 @@ class Pipeline:
             ))
         elif etype == REJECT:
             order = orders[row[EV_OID]]  # a triggered stop the book could not place
+            self._pf_close(order, order.qty - order.cum_qty)
             order.apply(_T_REJECT, ts)
             if out is not None:
                 out.append(OrderRejected(order.account, order.cl_ord_id, order.order_id, row[EV_REASON],
@@ -583,6 +884,7 @@ class Pipeline:
 
     def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list | None) -> None:
         order.fill(qty, price, ts)
+        self._pf_fill(order, qty, price)
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         if out is None:
@@ -607,6 +909,11 @@ class Pipeline:
 
     # -- QUERIES --------------------------------------------------------------------------------
 
+    def find_order(self, cmd: CancelOrder | ModifyOrder) -> Order | None:
+        """The order a cancel or modify names (by id or ClOrdID), if it is this account's. O(1)."""
+        found = self._find_order(cmd)
+        return None if isinstance(found, tuple) else found
+
     def validate(self) -> None:
         """Check the orders against the book and themselves; raises AssertionError naming the
         order. O(orders). (The book checks its own structure in ``book.validate()``.)"""
@@ -618,6 +925,11 @@ class Pipeline:
             if self.cl_ord_ids.get((order.account, order.cl_ord_id)) != oid and order.is_working:
                 raise AssertionError(f"{where}: its ClOrdID does not map back to it")
             in_book = book.order(oid)
+            if order.status is _S_PENDING_APPROVAL:
+                if oid not in self.held or in_book is not None:
+                    raise AssertionError(f"{where}: held orders are kept apart from the book")
+                working += 1
+                continue
             if order.is_working:
                 working += 1
                 if in_book is None:
@@ -630,8 +942,10 @@ class Pipeline:
             elif in_book is not None:
                 raise AssertionError(f"{where}: finished but still in the book")
         in_book_total = book.resting_orders() + book.pending_stops()
-        if in_book_total != working:
-            raise AssertionError(f"the book holds {in_book_total} orders, the pipeline {working} working")
+        if in_book_total != working - len(self.held):
+            raise AssertionError(f"the book holds {in_book_total} orders, the pipeline {working} working "
+                                 f"of which {len(self.held)} held")
+        self.portfolio.validate(self.orders)
 
     def state_hash(self) -> str:
         """A digest of the whole state: book, orders, ids in use, counters. O(n log n)."""
@@ -641,6 +955,10 @@ class Pipeline:
         for oid in sorted(self.orders):
             h.update(self._encode(self.orders[oid]))
         h.update(self._encode(sorted(self.cl_ord_ids.items())))
+        h.update(self.portfolio.state_hash())
+        h.update(self._encode(sorted(self.held.items())))
+        for stage in self.stages:
+            h.update(stage.state_hash())
         return h.hexdigest()
 
     # -- SNAPSHOTS ------------------------------------------------------------------------------
@@ -656,6 +974,9 @@ class Pipeline:
             book=self.book.dump(),
             symbols=[inst.symbol for inst in self.ref.by_index],
             accounts=list(self._account_index),
+            portfolio=self.portfolio.dump(),
+            held=sorted(self.held.items()),
+            stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
 
@@ -677,6 +998,13 @@ class Pipeline:
         self.orders = {o.order_id: o for o in state.orders}
         self.cl_ord_ids = {(a, c): o for a, c, o in state.cl_ord_ids}
         self.book.load(state.book)
+        self.portfolio.load(state.portfolio)
+        self.held = dict(state.held)
+        if len(state.stages) != len(self.stages):
+            raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
+                                   f"this pipeline {len(self.stages)} stages")
+        for stage, data in zip(self.stages, state.stages, strict=True):
+            stage.load(data)
 
 
 class _Prepared:
@@ -684,7 +1012,7 @@ class _Prepared:
 
     __slots__ = ("op", "cmd", "order")
 
-    def __init__(self, op: int, cmd, order: Order | None = None):
+    def __init__(self, op: int, cmd, order=None):  # order: the Order, or a control's Stage
         self.op = op
         self.cmd = cmd
         self.order = order
@@ -707,6 +1035,9 @@ class _Snapshot(msgspec.Struct):
     book: bytes
     symbols: list[str]
     accounts: list[str]
+    portfolio: bytes
+    held: list[tuple[int, SubmitOrder]]
+    stages: list[bytes]
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.
@@ -717,4 +1048,4 @@ if (bk.C_OP, bk.C_OID, bk.C_INSTR, bk.C_ACCOUNT, bk.C_SIDE, bk.C_OTYPE, bk.C_TIF
 
 _OP_BY_KIND = {EndOfDay: bk.OP_END_OF_DAY, AdvanceTime: bk.OP_EXPIRE, TakeSnapshot: -1}
 
-__all__ = ["Pipeline", "Check", "pass_all", "reason_text", "OrderType"]
+__all__ = ["Pipeline", "Check", "Screening", "Stage", "pass_all", "reason_text", "OrderType"]

@@ -138,6 +138,7 @@ class Portfolio:
         c = self.inst_currency[i]
         cost = self.notional_minor(i, price, qty)
         self.traded[i] += qty
+        self.last[i] = price  # an internal cross is a trade: it moves the last price
         if order.side == BUY:
             self.position[a, i] += qty
             self.working_buy[a, i] -= qty

@@ -64,6 +64,7 @@ def recover(pipeline: Pipeline, journal_path: Path, snapshot_dir: Path) -> Recov
         if chunk:
             pipeline.replay_batch(expected, chunk)
             replayed += len(chunk)
+    pipeline.end_replay()
     report = RecoveryReport(snapshot_seq, replayed, pipeline.seq, time.perf_counter() - started)
     log.info("recovered: snapshot at seq %d, %d commands replayed, now at seq %d (%.3f s)",
              report.snapshot_seq, report.replayed, report.last_seq, report.seconds)

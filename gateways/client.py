@@ -1,6 +1,6 @@
 """The Python SDK: talk to ``kilat serve`` over ZeroMQ (a DEALER socket), sync or asyncio.
 
-    with KilatClient("tcp://127.0.0.1:7001") as kc:
+    with KilatClient("tcp://127.0.0.1:7001", user="alice") as kc:
         replies = kc.submit("FUND1", "AAPL", Side.BUY, 100, price=15_000, cl_ord_id="o-1")
         for event in kc.events(timeout=0.5):   # execution reports pushed later
             print(event)
@@ -8,6 +8,10 @@
 Every request returns the list of replies the server sent for it (``OrderAccepted``,
 ``OrderFilled``, …). Events caused by other clients' commands (a fill of a resting order) are
 pushed and wait in ``events()``. Prices are int ticks and quantities int lots, as on the wire.
+
+``user`` names the config user the client acts as (default: the ``KILAT_USER`` environment
+variable); it is stamped on every command that does not name one. Until the gateways bind users
+to CURVE keys, the server trusts it.
 """
 
 from __future__ import annotations
@@ -24,19 +28,39 @@ import zmq.asyncio
 
 from engine.constants import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.messages import (
+    AcknowledgeAlert,
+    ApproveOrder,
     CancelOrder,
+    CommentAlert,
+    DismissAlert,
     EndOfDay,
+    EscalateAlert,
     MassCancel,
     ModifyOrder,
     Ping,
+    PriceTick,
+    QueryAlerts,
     QueryBook,
     QueryOrders,
+    QueryPositions,
+    QueryRisk,
+    RejectHeldOrder,
     Reply,
+    ResolveAlert,
+    SetKillSwitch,
+    SetLocate,
+    SetRiskLimit,
+    SetTradingState,
     SubmitOrder,
     TakeSnapshot,
+    UpdateIssuerList,
 )
 
 _REPLIES = msgspec.msgpack.Decoder(list[Reply])
+_ALERT_ACTIONS = {
+    "acknowledge": AcknowledgeAlert, "escalate": EscalateAlert, "resolve": ResolveAlert,
+    "dismiss": DismissAlert, "comment": CommentAlert,
+}
 
 
 class KilatTimeout(TimeoutError):
@@ -46,15 +70,21 @@ class KilatTimeout(TimeoutError):
 class _ClientBase:
     """What the sync and the asyncio client share: the DEALER socket and the command structs."""
 
-    def __init__(self, endpoint: str, context: zmq.Context):
+    def __init__(self, endpoint: str, context: zmq.Context, user: str | None):
         self.endpoint = endpoint
+        self.user = os.environ.get("KILAT_USER", "") if user is None else user
         self._ctx = context
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._pushed: deque = deque()
-        self._encode = msgspec.msgpack.Encoder().encode
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def _encode(self, message) -> bytes:
+        if self.user and getattr(message, "user", None) == "":
+            message = msgspec.structs.replace(message, user=self.user)
+        return self._encoder.encode(message)
 
     def close(self) -> None:
         self._sock.close(0)
@@ -93,9 +123,9 @@ def _new_cl_ord_id() -> str:
 class KilatClient(_ClientBase):
     """Blocking client. One socket; not thread-safe (use one client per thread)."""
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0,
-                 context: zmq.Context | None = None):
-        super().__init__(endpoint, context or zmq.Context.instance())
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, user: str | None = None,
+                 timeout: float = 5.0, context: zmq.Context | None = None):
+        super().__init__(endpoint, context or zmq.Context.instance(), user)
         self.timeout_ms = int(timeout * 1000)
 
     # -- ORDER ENTRY --
@@ -123,6 +153,52 @@ class KilatClient(_ClientBase):
 
     def snapshot(self) -> list:
         return self.request(TakeSnapshot())
+
+    # -- PRICES, OFFICERS, CONTROLS --
+
+    def price(self, symbol: str, bid: int = 0, ask: int = 0, last: int = 0) -> list:
+        return self.request(PriceTick(symbol, bid, ask, last))
+
+    def approve(self, order_id: int, reason: str = "") -> list:
+        return self.request(ApproveOrder(order_id, reason))
+
+    def reject(self, order_id: int, reason: str = "") -> list:
+        return self.request(RejectHeldOrder(order_id, reason))
+
+    def alert_action(self, action: str, alert_id: int, comment: str = "", assignee: str = "") -> list:
+        """``action``: acknowledge, escalate, resolve, dismiss or comment."""
+        kind = _ALERT_ACTIONS.get(action)
+        if kind is None:
+            raise ValueError(f"alert action must be one of {', '.join(_ALERT_ACTIONS)}, got {action!r}")
+        return self.request(kind(alert_id, comment, assignee))
+
+    def alerts(self, state: str = "", severity: str = "", rule: str = "", account: str = "",
+               alert_id: int = 0, limit: int = 1000) -> list:
+        (view,) = self.request(QueryAlerts(state, severity, rule, account, alert_id, limit))
+        return view.alerts
+
+    def issuer_list(self, list_name: str, issuer: str, add: bool = True, reason: str = "") -> list:
+        return self.request(UpdateIssuerList(list_name, issuer, add, reason))
+
+    def set_locate(self, account: str, symbol: str, qty: int) -> list:
+        return self.request(SetLocate(account, symbol, qty))
+
+    def set_limit(self, account: str, symbol: str, name: str, value) -> list:
+        return self.request(SetRiskLimit(account, symbol, name, str(value)))
+
+    def kill_switch(self, scope: str, target: str = "", on: bool = True, reason: str = "") -> list:
+        return self.request(SetKillSwitch(scope, target, on, reason))
+
+    def trading_state(self, account: str, symbol: str, state: str) -> list:
+        return self.request(SetTradingState(account, symbol, state))
+
+    def risk(self, account: str = ""):
+        (view,) = self.request(QueryRisk(account))
+        return view
+
+    def positions(self, account: str = ""):
+        (view,) = self.request(QueryPositions(account))
+        return view
 
     # -- QUERIES --
 
@@ -197,8 +273,9 @@ class KilatClient(_ClientBase):
 class AsyncKilatClient(_ClientBase):
     """The asyncio twin of ``KilatClient``; the same methods, awaited."""
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, timeout: float = 5.0):
-        super().__init__(endpoint, zmq.asyncio.Context.instance())
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, user: str | None = None,
+                 timeout: float = 5.0):
+        super().__init__(endpoint, zmq.asyncio.Context.instance(), user)
         self.timeout = timeout
 
     async def submit(self, account, symbol, side, qty, price=0, **kwargs) -> list:

@@ -9,9 +9,12 @@
     kilat mass-cancel [--account A] [--symbol S]     kilat end-of-day     kilat snapshot
     kilat bench book --workload FILE.npz --json
     kilat journal verify [--data-dir DIR]
+    kilat alerts | alert | approve | reject | restricted | watch | locate | price | risk |
+          positions | limit | kill-switch | trading-state       (see kilat/cli_compliance.py)
 
 Prices on the command line are decimals in the instrument's currency (converted to ticks with the
-configured tick size); quantities are lots. Every command takes ``--config`` and ``--endpoint``.
+configured tick size); quantities are lots. Every command takes ``--config``, ``--endpoint`` and
+``--user`` (default: $KILAT_USER; the engine checks the user's roles and accounts).
 """
 
 from __future__ import annotations
@@ -276,7 +279,7 @@ def _config(args) -> KilatConfig:
 def _client(args, config: KilatConfig):
     from gateways.client import KilatClient
 
-    return KilatClient(args.endpoint or config.server.endpoint, timeout=args.timeout)
+    return KilatClient(args.endpoint or config.server.endpoint, user=args.user, timeout=args.timeout)
 
 
 def _instrument(config: KilatConfig, symbol: str):
@@ -351,6 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--endpoint", help="order-entry endpoint (default: from the config)")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--user", help="the config user to act as (default: $KILAT_USER)")
     p = argparse.ArgumentParser(prog="kilat", description="Kilat order management system")
     sub = p.add_subparsers(title="commands")
 
@@ -401,6 +405,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--side", choices=["buy", "sell"])
     add("end-of-day", cmd_end_of_day, "expire every DAY order")
     add("snapshot", cmd_snapshot, "write a snapshot now")
+    from kilat.cli_compliance import add_commands
+
+    add_commands(add)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(title="benchmarks")
     sp = add("book", cmd_bench_book, "replay a recorded .npz command stream through both books", bench)

@@ -6,11 +6,14 @@ expected. With no file given, Kilat runs on ``config/kilat.toml`` (its embedded 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
 
+from compliance.config import ComplianceConfig
 from engine.model import AccountSpec, ConfigError, InstrumentSpec, ReferenceData, UserSpec
+from risk.config import RiskConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "kilat.toml"
 
@@ -37,6 +40,9 @@ class KilatConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     users: list[UserSpec] = []
     book: BookConfig = BookConfig()
     server: ServerConfig = ServerConfig()
+    fx_rates: dict[str, Decimal] = {}  # "EURUSD" = USD per EUR; crosses are derived, never assumed 1
+    risk: RiskConfig = RiskConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
 
 
 def load_config(path: str | Path | None = None) -> KilatConfig:
@@ -65,18 +71,7 @@ def check_config(config: KilatConfig) -> ReferenceData:
         raise ConfigError("instruments: expected at least one instrument")
     if not config.accounts:
         raise ConfigError("accounts: expected at least one account")
-    ref = ReferenceData(config.instruments, config.accounts)
-    names: set[str] = set()
-    for i, user in enumerate(config.users):
-        field = f"users[{i}]"
-        if user.name in names:
-            raise ConfigError(f"{field}.name: duplicate user {user.name!r}")
-        names.add(user.name)
-        if not user.roles:
-            raise ConfigError(f"{field}.roles: expected at least one role")
-        for account in user.accounts:
-            if account not in ref.accounts:
-                raise ConfigError(f"{field}.accounts: unknown account {account!r}")
+    ref = ReferenceData(config.instruments, config.accounts, config.users)
     book = config.book
     for name in ("max_orders", "max_levels_per_side", "max_fills_per_order"):
         if getattr(book, name) <= 0:

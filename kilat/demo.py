@@ -1,8 +1,9 @@
 """The scripted flow ``kilat run`` shows: two sessions trading through a live ``kilat serve``.
 
-A market maker (account MM1) quotes AAPL; a PM (FUND1) lifts the offer, rests a bid, modifies
-and cancels it; the maker sees its fills pushed to its own session. Every line printed is a
-real reply from the server.
+An admin posts a reference price (risk collars and values orders against it); a trader (bob,
+account MM1) quotes AAPL; a PM (alice, FUND1) lifts the offer, rests a bid, modifies and cancels
+it; the maker sees its fills pushed to its own session; a PM acting on an account that is not
+hers is refused. Every line printed is a real reply from the server.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
 
     tag = os.urandom(3).hex()  # ClOrdIDs are unique within a day; each demo run brings its own
     steps: dict[str, list] = {}
-    with KilatClient(endpoint) as maker, KilatClient(endpoint) as pm:
+    with (KilatClient(endpoint, user="admin") as admin, KilatClient(endpoint, user="bob") as maker,
+          KilatClient(endpoint, user="alice") as pm):
 
         def step(title: str, replies: list) -> list:
             out(f"\n== {title}")
@@ -35,6 +37,8 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
             steps[title] = replies
             return replies
 
+        step("admin posts an AAPL quote 189.90 / 190.10, last 190.00", admin.price(
+            "AAPL", px("189.90"), px("190.10"), px("190.00")))
         step("MM1 offers 300 AAPL at 190.10", maker.submit(
             "MM1", "AAPL", Side.SELL, 300, px("190.10"), cl_ord_id=f"mm-{tag}-1", tif=TimeInForce.GTC))
         step("MM1 offers 200 AAPL at 190.20", maker.submit(
@@ -50,6 +54,10 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
         step("FUND1 improves it to 189.95 for 250", pm.modify("FUND1", order_id, price=px("189.95"), qty=250))
         step("FUND1 sends the same ClOrdID again: refused, no second order", pm.submit(
             "FUND1", "AAPL", Side.BUY, 1, px("189.50"), cl_ord_id=f"pm-{tag}-2"))
+        step("alice tries to buy for MM1, not her account: refused", pm.submit(
+            "MM1", "AAPL", Side.BUY, 10, px("190.00"), cl_ord_id=f"pm-{tag}-3"))
+        step("FUND1 bids 20% away from the market: the price collar denies it", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 10, px("152.00"), cl_ord_id=f"pm-{tag}-4"))
         book = pm.book("AAPL")
         out("\n== AAPL book now (ticks of 0.01)")
         out(f"  bids {[(lvl.price, lvl.qty) for lvl in book.bids]}  asks "

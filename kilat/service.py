@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compliance.checks import pre_trade_compliance
+from compliance.rules import ComplianceRules
+from compliance.stage import ComplianceStage
+from compliance.surveillance import Surveillance
 from engine import book_events as bk
 from engine.book import NumbaBook
 from engine.constants import RejectCode
@@ -34,20 +36,28 @@ from engine.messages import (
     CommandError,
     EndOfDay,
     OrderAccepted,
+    OrderHeld,
     OrdersView,
     OrderView,
     Ping,
     Pong,
+    QueryAlerts,
     QueryBook,
     QueryOrders,
+    QueryPositions,
+    QueryRisk,
+    TableView,
     TakeSnapshot,
 )
+from engine.model import ticks_to_price
 from engine.pipeline import Pipeline
 from engine.recovery import RecoveryReport, recover
 from engine.snapshot import prune_snapshots, write_snapshot
 from gateways.server import OrderEntryServer, Outgoing, Request
 from kilat.config import KilatConfig, check_config
-from risk.checks import pre_trade_risk
+from engine.portfolio import Portfolio
+from risk.engine import RiskEngine
+from risk.stage import RiskStage
 
 log = logging.getLogger("kilat.service")
 
@@ -73,7 +83,7 @@ class Engine:
         self.journal = JournalWriter(
             self.journal_path, fsync=config.server.fsync if fsync is None else fsync
         )
-        self.pipeline = Pipeline(self.ref, self.book, None, pre_trade_risk, pre_trade_compliance)
+        self.pipeline = build_pipeline(config, self.ref, self.book)
         self.recovery: RecoveryReport = recover(self.pipeline, self.journal_path, self.snapshot_dir)
         if self.pipeline.seq != self.journal.last_seq:
             raise RuntimeError(
@@ -98,6 +108,19 @@ class Engine:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def build_pipeline(config: KilatConfig, ref, book, journal=None) -> Pipeline:
+    """The pipeline with its stages wired: risk at 3, compliance at 4 and 8, over one portfolio.
+    Raises ConfigError naming the field when the risk or compliance tables do not fit the
+    instruments and accounts."""
+    portfolio = Portfolio(ref, config.fx_rates)
+    risk = RiskStage(RiskEngine(config.risk, ref, portfolio))
+    c = config.compliance
+    rules = ComplianceRules(c.rules, ref, portfolio, c.restricted, c.watch, c.locates)
+    c.surveillance.check(ref)
+    compliance = ComplianceStage(rules, Surveillance(c.surveillance, ref), ref)
+    return Pipeline(ref, book, journal, stages=(risk, compliance), portfolio=portfolio)
 
 
 def warm_up_book() -> None:
@@ -134,6 +157,8 @@ class Service:
             max_message_bytes=server_cfg.max_message_bytes,
         )
         self.owners: dict[int, bytes] = {}  # order id -> identity of the session that sent it
+        self.officers: set[bytes] = set()  # sessions of compliance officers: alerts are pushed there
+        self._officer_names = {u.name for u in config.users if "compliance" in u.roles}
         self._snapshot_every = server_cfg.snapshot_every
         self.internal_errors = 0
 
@@ -180,23 +205,31 @@ class Service:
             return False
         for request, events in zip(pending, results, strict=True):
             account = getattr(request.message, "account", "")
+            if getattr(request.message, "user", "") in self._officer_names:
+                self.officers.add(request.identity)
             answers.append((request, self._route(request.identity, account, events, pushes)))
+        notices = self.engine.pipeline.notices
+        if notices:  # alerts raised in stage 8 go to every officer session that has spoken
+            for identity in self.officers:
+                pushes.setdefault(identity, []).extend(notices)
+            notices.clear()
         if any(type(r.message) is EndOfDay for r in pending):  # forget finished orders' sessions
             orders = self.engine.pipeline.orders
             self.owners = {oid: who for oid, who in self.owners.items() if oid in orders}
         return any(type(r.message) is TakeSnapshot for r in pending)
 
     def _route(self, sender: bytes, account: str, events: list, pushes: dict[bytes, list]) -> list:
-        """The sender gets what its command did to orders of the account it acted for; the
-        session that entered an order, if another one, gets those events pushed as well.
+        """The sender gets what its command did to orders of the account it acted for (all of
+        it for a command that names no account: an officer's approval, an admin's mass cancel);
+        the session that entered an order, if another one, gets those events pushed as well.
         A counterparty's fills never reach the sender."""
         owners = self.owners
         mine = []
         for event in events:
-            if type(event) is OrderAccepted:
-                owners[event.order_id] = sender
+            if type(event) is OrderAccepted or type(event) is OrderHeld:
+                owners.setdefault(event.order_id, sender)
             event_account = getattr(event, "account", None)
-            if event_account is None or event_account == account:
+            if event_account is None or not account or event_account == account:
                 mine.append(event)
             owner = owners.get(getattr(event, "order_id", 0))
             if owner is not None and owner != sender:
@@ -223,6 +256,12 @@ class Service:
         pipeline = self.engine.pipeline
         if type(query) is Ping:
             return Pong(query.token, pipeline.seq)
+        if type(query) is QueryPositions:
+            return positions_view(pipeline, query.account)
+        for stage in pipeline.stages:
+            answer = stage.query(query, pipeline)
+            if answer is not None:
+                return answer
         if type(query) is QueryOrders:
             return OrdersView([
                 _order_view(o) for o in pipeline.orders.values()
@@ -277,7 +316,27 @@ class Service:
             log.info("stopped at seq %d", self.engine.pipeline.seq)
 
 
-_QUERIES = (QueryOrders, QueryBook, Ping)
+_QUERIES = (QueryOrders, QueryBook, Ping, QueryAlerts, QueryRisk, QueryPositions)
+
+
+def positions_view(pipeline: Pipeline, account: str = "") -> TableView | CommandError:
+    """Positions and working lots per account and instrument (non-zero rows only). O(cells)."""
+    ref, pf = pipeline.ref, pipeline.portfolio
+    if account and account not in ref.account_index:
+        return CommandError(int(RejectCode.UNKNOWN_ACCOUNT), f"unknown account {account!r}")
+    rows = []
+    for acc, a in ref.account_index.items():
+        if account and acc != account:
+            continue
+        for inst in ref.by_index:
+            i = inst.index
+            pos, wb, ws = int(pf.position[a, i]), int(pf.working_buy[a, i]), int(pf.working_sell[a, i])
+            if pos or wb or ws:
+                mark = pf.reference_price(i)
+                rows.append([acc, inst.symbol, inst.spec.currency, pos, wb, ws,
+                             str(ticks_to_price(inst.spec, mark)) if mark else ""])
+    return TableView("positions", ["account", "symbol", "currency", "position", "working_buy",
+                                   "working_sell", "mark"], rows)
 
 
 def _order_view(o) -> OrderView:

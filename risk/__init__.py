@@ -1,1 +1,1 @@
-"""Pre-trade risk checks, plugged into the engine pipeline's risk stage by ``kilat``."""
+"""Pre-trade risk: limits, controls and throttles, plugged into the pipeline as a stage by ``kilat``."""

@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Permissive limits, no compliance rules and a user with every role: for the tests of transport,
+#: recovery and the CLI (the limits and rules have their own tests, with the default config too).
+TRANSPORT_CONFIG = ROOT / "tests" / "data" / "transport.toml"
+# Every client and `kilat` subprocess acts as that user unless a test says otherwise.
+os.environ.setdefault("KILAT_USER", "tester")
 
 
 def free_port() -> int:
@@ -29,7 +34,7 @@ class LiveService:
         from kilat.config import load_config
         from kilat.service import Service
 
-        self.service = Service(config or load_config(), data_dir, "tcp://127.0.0.1:*")
+        self.service = Service(config or load_config(TRANSPORT_CONFIG), data_dir, "tcp://127.0.0.1:*")
         self.endpoint = self.service.server.bound_endpoint
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(
@@ -55,13 +60,13 @@ def live(tmp_path):
 class ServeProcess:
     """`kilat serve` as a real subprocess; waits for its ready line."""
 
-    def __init__(self, data_dir: Path, port: int):
+    def __init__(self, data_dir: Path, port: int, config: Path | None = TRANSPORT_CONFIG):
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.data_dir = data_dir
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kilat", "serve", "--endpoint", self.endpoint,
-             "--data-dir", str(data_dir)],
+             "--data-dir", str(data_dir), *(["--config", str(config)] if config else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
         )
         self.ready_line = self.proc.stdout.readline()

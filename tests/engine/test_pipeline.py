@@ -23,13 +23,16 @@ from engine.messages import (
     OrderTriggered,
     SubmitOrder,
 )
+from engine.model import ReferenceData
 from engine.orders import OrderStatus
 from engine.pipeline import Pipeline
 from engine.recovery import recover
 from engine.refbook import ReferenceBook
-from kilat.config import check_config, load_config
+from kilat.config import load_config
 
-REF = check_config(load_config())
+_CONFIG = load_config()
+# The engine alone: no users configured, so entitlements are not checked (tests/kilat checks them).
+REF = ReferenceData(_CONFIG.instruments, _CONFIG.accounts)
 BUY, SELL = Side.BUY, Side.SELL
 
 

@@ -56,7 +56,7 @@ def test_queries_return_orders_and_the_book(live):
         assert [(o.cl_ord_id, o.status, o.leaves_qty) for o in mine] == [("q1", "New", 10), ("q2", "New", 5)]
         kc.cancel("FUND1", mine[0].order_id)
         assert [o.cl_ord_id for o in kc.orders(account="FUND1", open_only=True)] == ["q2"]
-        assert kc.ping() == 4  # three submits and a cancel journaled
+        assert kc.ping() == 8  # three submits and a cancel journaled, each with its batch-end mark
 
 
 def test_validation_refusal_travels_back_with_its_code(live):
@@ -153,7 +153,8 @@ def test_replies_are_durable_before_they_leave(live):
         for i in range(20):
             replies = kc.submit("FUND1", "AAPL", Side.BUY, 1, 15_000 + i, cl_ord_id=f"d{i}")
             assert isinstance(replies[0], OrderAccepted)
-            assert scan_journal(live.service.engine.journal_path).last_seq == i + 1
+            # each order and its loop batch's stage-8 mark (BatchEnd) are on disk
+            assert scan_journal(live.service.engine.journal_path).last_seq == 2 * (i + 1)
 
 
 def test_filled_event_round_trips_through_the_wire_format():
