@@ -51,11 +51,11 @@ from engine.messages import (
 )
 from engine.model import ticks_to_price
 from engine.pipeline import Pipeline
+from engine.portfolio import Portfolio
 from engine.recovery import RecoveryReport, recover
 from engine.snapshot import prune_snapshots, write_snapshot
 from gateways.server import OrderEntryServer, Outgoing, Request
 from kilat.config import KilatConfig, check_config
-from engine.portfolio import Portfolio
 from risk.engine import RiskEngine
 from risk.stage import RiskStage
 
