@@ -145,7 +145,11 @@ EI_DIRTY = 4  # 1: post-trade rules must be re-evaluated
 EI_NB = 5  # buckets listed in BLIST this epoch
 EI_NI = 6  # instruments listed in ILIST this epoch
 EI_DIMS = 7  # the aggregates this entity's rules read (D_* bits); nothing else is kept
-EI_NCOLS = 8
+EI_STALE = 8  # 1: aggregates must be re-summed from the holdings (FX moved, a mark appeared...)
+EI_DELTAS = 9  # price batches applied as deltas since the last re-sum
+EI_NCOLS = 10
+
+MAX_DELTAS = 1024  # re-sum an entity after this many delta revaluations (bounds float drift)
 
 D_ISSUER = 1  # bit (1 << IN_ISSUER): issuer buckets
 D_SECTOR = 2
@@ -341,62 +345,101 @@ def touch_cell(IB, FB, pos, wbuy, wsell, cash, a, i):
 
 
 @njit(cache=True)
-def set_marks(IB, FB, marks, changed):
-    """Store new marks; flag in ``changed`` the instruments whose mark moved. O(instruments)."""
+def revalue(IB, FB, marks, changed, fx_moved):
+    """Store new marks and move the aggregates by the mark deltas of the holdings in instruments
+    whose mark moved: O(holdings). Entities holding an instrument flagged in ``changed`` (or
+    whose mark moved) become due for post-trade evaluation; a mark appearing or vanishing, an
+    FX move, or MAX_DELTAS batches make an entity stale (re-summed by recompute_stale)."""
     hd = _offsets(IB)
-    om = hd[H_MARK]
-    for i in range(hd[H_N]):
-        m = float(marks[i])
-        if m != FB[om + i]:
-            FB[om + i] = m
+    N, C, E = hd[H_N], hd[H_C], hd[H_E]
+    om, oinst, oe0 = hd[H_MARK], hd[H_INST], hd[H_ENT_I]
+    dm = np.zeros(N, dtype=np.float64)
+    jump = np.zeros(N, dtype=np.bool_)
+    for i in range(N):
+        new = float(marks[i])
+        old = FB[om + i]
+        if new != old:
             changed[i] = 1
-
-
-@njit(cache=True)
-def mark_dirty(IB, changed, all_dirty):
-    """Flag the entities holding a changed instrument (or all). O(holdings)."""
-    hd = _offsets(IB)
-    oe = hd[H_ENT_I]
-    if all_dirty:
-        for s in range(hd[H_E]):
-            IB[oe + s * EI_NCOLS + EI_DIRTY] = 1
+            dm[i] = new - old
+            jump[i] = not (old > 0.0 and new > 0.0)
+            FB[om + i] = new
+    if fx_moved:
+        for s in range(E):
+            IB[oe0 + s * EI_NCOLS + EI_STALE] = 1
+            IB[oe0 + s * EI_NCOLS + EI_DIRTY] = 1
         return
-    oh, oae = hd[H_HOLD], hd[H_ACCT_ENT]
+    oh, oae, B = hd[H_HOLD], hd[H_ACCT_ENT], hd[H_B]
     for k in range(IB[H_HN]):
-        if changed[IB[oh + k * HO_NCOLS + HO_I]]:
-            a = IB[oh + k * HO_NCOLS + HO_A]
-            for lvl in range(3):
-                s = IB[oae + a * 3 + lvl]
-                if s >= 0:
-                    IB[oe + s * EI_NCOLS + EI_DIRTY] = 1
+        h = oh + k * HO_NCOLS
+        i = IB[h + HO_I]
+        if not changed[i]:
+            continue
+        pos, wb, ws = IB[h + HO_POS], IB[h + HO_WB], IB[h + HO_WS]
+        if pos == 0 and wb == 0 and ws == 0:
+            continue
+        a = IB[h + HO_A]
+        oi = oinst + i * IN_NCOLS
+        for lvl in range(3):
+            s = IB[oae + a * 3 + lvl]
+            if s < 0:
+                continue
+            oe = oe0 + s * EI_NCOLS
+            IB[oe + EI_DIRTY] = 1
+            if IB[oe + EI_STALE] or dm[i] == 0.0:
+                continue
+            if jump[i]:
+                IB[oe + EI_STALE] = 1
+                continue
+            lv = dm[i] * FB[hd[H_UNIT] + i] * FB[hd[H_FX] + IB[oi + IN_CCY] * C + IB[oe + EI_CCY]]
+            if not np.isfinite(lv):
+                IB[oe + EI_STALE] = 1
+                continue
+            dims = IB[oe + EI_DIMS]
+            IB[oe + EI_DERIVE] = 1
+            for col in range(4):
+                if dims & (1 << col):
+                    oa = hd[H_AGG] + (s * B + IB[oi + col]) * 3
+                    FB[oa + AG_POS] += pos * lv
+                    if wb != 0:
+                        FB[oa + AG_WB] += wb * lv
+                    if ws != 0:
+                        FB[oa + AG_WS] += ws * lv
+            if pos != 0 and dims & D_NAV:
+                FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV] += pos * lv
+    for s in range(E):
+        oe = oe0 + s * EI_NCOLS
+        if IB[oe + EI_DIRTY] and not IB[oe + EI_STALE]:
+            IB[oe + EI_DELTAS] += 1
+            if IB[oe + EI_DELTAS] >= MAX_DELTAS:
+                IB[oe + EI_STALE] = 1
 
 
 @njit(cache=True)
-def recompute_dirty(IB, FB):
-    """Rebuild NAV and aggregates of the dirty entities from the holdings list and cash at the
-    cached marks. O(holdings + accounts) to group the holdings by account, then O(holdings of
-    the entity) per dirty entity; untouched buckets need no clearing (epochs)."""
+def recompute_stale(IB, FB):
+    """Re-sum NAV and aggregates of the stale entities from the holdings list and cash at the
+    cached marks (they become due for post-trade evaluation). O(holdings + accounts) to group the holdings by account, then O(holdings of
+    the entity) per stale entity; untouched buckets need no clearing (epochs)."""
     hd = _offsets(IB)
     E, A, B, N, C = hd[H_E], hd[H_A], hd[H_B], hd[H_N], hd[H_C]
     oae, oh = hd[H_ACCT_ENT], hd[H_HOLD]
     hn = IB[H_HN]
-    # accounts of each dirty entity, and holdings of each account (counting sorts)
+    # accounts of each stale entity, and holdings of each account (counting sorts)
     ent_start = np.zeros(E + 1, dtype=np.int64)
     for a in range(A):
         for lvl in range(3):
             s = IB[oae + a * 3 + lvl]
-            if s >= 0 and IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DIRTY]:
+            if s >= 0 and IB[hd[H_ENT_I] + s * EI_NCOLS + EI_STALE]:
                 ent_start[s + 1] += 1
     for s in range(E):
         ent_start[s + 1] += ent_start[s]
-    if ent_start[E] == 0 and not _any_dirty(hd, IB):
+    if ent_start[E] == 0 and not _any_stale(hd, IB):
         return
     ent_acc = np.empty(ent_start[E], dtype=np.int64)
     fill = ent_start[:E].copy()
     for a in range(A):
         for lvl in range(3):
             s = IB[oae + a * 3 + lvl]
-            if s >= 0 and IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DIRTY]:
+            if s >= 0 and IB[hd[H_ENT_I] + s * EI_NCOLS + EI_STALE]:
                 ent_acc[fill[s]] = a
                 fill[s] += 1
     acc_start = np.zeros(A + 1, dtype=np.int64)
@@ -414,7 +457,7 @@ def recompute_dirty(IB, FB):
     oscale = hd[H_CASH_SCALE]
     for s in range(E):
         oe = hd[H_ENT_I] + s * EI_NCOLS
-        if not IB[oe + EI_DIRTY]:
+        if not IB[oe + EI_STALE]:
             continue
         ep = IB[oe + EI_EPOCH] + 1
         to = IB[oe + EI_CCY]
@@ -489,13 +532,16 @@ def recompute_dirty(IB, FB):
         IB[oe + EI_NI] = ni
         IB[oe + EI_NAV_MISS] = nav_miss
         IB[oe + EI_DERIVE] = 1
+        IB[oe + EI_STALE] = 0
+        IB[oe + EI_DELTAS] = 0
+        IB[oe + EI_DIRTY] = 1
         FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV] = nav
 
 
 @njit(cache=True, inline="always")
-def _any_dirty(hd, IB):
+def _any_stale(hd, IB):
     for s in range(hd[H_E]):
-        if IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DIRTY]:
+        if IB[hd[H_ENT_I] + s * EI_NCOLS + EI_STALE]:
             return True
     return False
 
@@ -503,7 +549,7 @@ def _any_dirty(hd, IB):
 @njit(cache=True)
 def rebuild_holdings(IB, pos, wbuy, wsell, cash):
     """Re-list every nonzero cell of the portfolio and resync the cash shadow; all entities
-    become dirty. O(accounts × instruments). Returns ST_HOLDINGS_FULL if the list is too small."""
+    become stale. O(accounts × instruments). Returns ST_HOLDINGS_FULL if the list is too small."""
     hd = _offsets(IB)
     A, N, C = hd[H_A], hd[H_N], hd[H_C]
     ocell, oh, osh = hd[H_CELL], hd[H_HOLD], hd[H_SHCASH]
@@ -528,6 +574,7 @@ def rebuild_holdings(IB, pos, wbuy, wsell, cash):
             n += 1
     IB[H_HN] = n
     for s in range(hd[H_E]):
+        IB[hd[H_ENT_I] + s * EI_NCOLS + EI_STALE] = 1
         IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DIRTY] = 1
     return ST_OK
 
@@ -568,6 +615,37 @@ def _voting_excess(hd, IB, s, u, extra_i, extra_units, with_working, pct):
     return result
 
 
+@njit(cache=True, inline="always")
+def _voting_excess_both(hd, IB, s, u, pct):
+    """_voting_excess with and without working buys in one pass over the issuer's lines."""
+    N = hd[H_N]
+    ep = IB[hd[H_ENT_I] + s * EI_NCOLS + EI_EPOCH]
+    ou = hd[H_ISS] + u * IS_NCOLS
+    with_working, positions = 0, 0
+    for k in range(IB[ou + IS_START], IB[ou + IS_END]):
+        j = IB[hd[H_ISS_INST] + k]
+        oi = hd[H_INST] + j * IN_NCOLS
+        if not IB[oi + IN_EQUITY] or IB[hd[H_SEEN_I] + s * N + j] != ep:
+            continue
+        lot = IB[oi + IN_LOT]
+        so = IB[oi + IN_SHARES]
+        held = IB[hd[H_UP] + s * N + j] * lot
+        units = held + IB[hd[H_UW] + s * N + j] * lot
+        for which in range(2):
+            q = units if which == 0 else held
+            r = with_working if which == 0 else positions
+            if q > 0:
+                if so <= 0:
+                    r = -1
+                elif 100.0 * q > pct * so and r == 0:
+                    r = 1
+            if which == 0:
+                with_working = r
+            else:
+                positions = r
+    return with_working, positions
+
+
 @njit(cache=True)
 def _derive(hd, IB, FB, s):
     """Recompute the sums of entity s's UCITS / Act40 rules, on positions + working buys
@@ -602,8 +680,7 @@ def _derive(hd, IB, FB, s):
                 if 100.0 * v_pos > thr:
                     total_pos += v_pos
             else:
-                vote = _voting_excess(hd, IB, s, u, -1, 0, True, FB[orf + RF_P2])
-                vote_pos = _voting_excess(hd, IB, s, u, -1, 0, False, FB[orf + RF_P2])
+                vote, vote_pos = _voting_excess_both(hd, IB, s, u, FB[orf + RF_P2])
                 if vote < 0:
                     total = np.nan
                 if vote_pos < 0:

@@ -614,14 +614,17 @@ class ComplianceRules:
             self._grow(resync=False)
         self._fx[:] = pf.fx
         self._mark[:] = pf.marks()
-        rk.recompute_dirty(self.IB, self.FB)
+        rk.recompute_stale(self.IB, self.FB)
 
     def recheck(self, changed_instruments: np.ndarray | None = None) -> list[BreachChange]:
         """Post-trade: re-evaluate the current portfolio (positions, no working orders) and
-        return the breach transitions. With ``changed_instruments`` (bool per instrument: prices
-        or positions moved), only scopes holding a changed instrument, scopes touched since the
-        last recheck, and instruments whose mark moved are revalued (O(holdings + changed
-        scopes' buckets)); any FX change revalues every scope. None: full refresh first."""
+        return the breach transitions only (a (rule, scope key) that starts failing, or
+        recovers). With ``changed_instruments`` (bool per instrument: prices or positions moved;
+        mark moves are also found by comparing marks): holdings in moved instruments shift the
+        cached aggregates by their mark delta (O(holdings)); a scope is re-summed from scratch
+        only when FX moved, a mark appeared or vanished, or after MAX_DELTAS batches; only
+        scopes holding a changed instrument or touched since the last recheck are
+        re-evaluated. None: full refresh (O(accounts × instruments)) and every scope."""
         pf = self.portfolio
         if changed_instruments is None:
             self.refresh()
@@ -630,9 +633,8 @@ class ComplianceRules:
             fx_moved = not np.array_equal(self._fx, pf.fx, equal_nan=True)
             if fx_moved:
                 self._fx[:] = pf.fx
-            rk.set_marks(self.IB, self.FB, pf.marks(), changed)
-            rk.mark_dirty(self.IB, changed, fx_moved)
-            rk.recompute_dirty(self.IB, self.FB)
+            rk.revalue(self.IB, self.FB, pf.marks(), changed, fx_moved)
+            rk.recompute_stale(self.IB, self.FB)
         out = np.zeros((max(64, len(self.rules)), rk.OC_NCOLS))
         n = rk.evaluate_post(self.IB, self.FB, out)
         if n > len(out):
@@ -779,8 +781,8 @@ class ComplianceRules:
         fresh = ComplianceRules(self.rules, self.ref, self.portfolio)
         fresh._mark[:] = self._mark
         fresh._fx[:] = self._fx
-        fresh._ent_i[:, rk.EI_DIRTY] = 1
-        rk.recompute_dirty(fresh.IB, fresh.FB)
+        fresh._ent_i[:, rk.EI_STALE] = 1
+        rk.recompute_stale(fresh.IB, fresh.FB)
         mine, theirs = self.aggregates(), fresh.aggregates()
         for key in set(mine) | set(theirs):
             a, b = mine.get(key, 0.0), theirs.get(key, 0.0)

@@ -46,6 +46,8 @@ from engine.messages import (
 )
 from engine.pipeline import Screening
 
+_PASS, _HARD = int(Severity.PASS), int(Severity.HARD)
+
 # Commands after which every aggregate is rebuilt (they touch many cells at once).
 _REFRESH_ALL = (EndOfDay, MassCancel, SetKillSwitch)
 
@@ -84,12 +86,13 @@ class ComplianceStage:
         else:
             return None
         outcome = self.rules.check_order(self.ref.account_index[cmd.account], inst.index, side, qty, price)
-        failed = outcome.failures
-        if not failed:
+        severity = outcome.severity
+        if severity == _PASS:
             return None
+        if severity == _HARD:  # the denial text is the worst rule's own; no evaluations built
+            return outcome.code, outcome.text
+        failed = outcome.failures
         worst = max(failed, key=lambda e: e.severity)
-        if worst.severity == Severity.HARD:
-            return worst.code, f"rule {worst.rule_id} v{worst.version}: {worst.text}"
         findings = [RuleFinding(e.rule_id, e.version, Severity(e.severity).name, int(e.code), e.text,
                                 float(e.value), float(e.limit)) for e in failed]
         if worst.severity == Severity.SOFT:

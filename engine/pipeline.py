@@ -587,10 +587,10 @@ class Pipeline:
     def _check_modify(self, cmd: ModifyOrder, run_hooks: bool):
         found = self._find_order(cmd)
         refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
-        if refusal is None:
-            refusal = self._validate_modify(cmd, found, check_band=run_hooks)
         if refusal is None and found.status is _S_PENDING_APPROVAL:
             refusal = RejectCode.ORDER_HELD, f"order {found.order_id} is held for approval; cancel it instead"
+        if refusal is None:
+            refusal = self._validate_modify(cmd, found, check_band=run_hooks)
         if refusal is None and run_hooks:
             for hook in self._hooks:
                 refusal = hook(cmd, self)
@@ -734,7 +734,7 @@ class Pipeline:
         out: list = []
         self._cancel_held(match, code, ts, out)
         for oid in [oid for oid, o in self.orders.items() if o.is_working and match(o)]:
-            events = self.book.cancel(oid)
+            events = self.book.cancel(oid).copy()  # the book's output buffer is read-only
             cancel_rows = events[:, EV_TYPE] == CANCEL
             events[cancel_rows, EV_REASON] = code
             self._apply(events, ts, None, out)

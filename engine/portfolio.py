@@ -22,6 +22,7 @@ from babel.numbers import get_currency_precision, is_currency
 
 from engine.constants import BUY, LIMIT, STOP, STOP_LIMIT
 from engine.model import ConfigError, ReferenceData
+from engine.orders import OrderStatus
 
 
 def minor_units(currency: str) -> int:
@@ -229,7 +230,7 @@ class Portfolio:
         held = np.zeros_like(self.held)
         index = self.ref.account_index
         for order in orders.values():
-            if not order.is_working:
+            if not order.is_working and order.status is not OrderStatus.PENDING_APPROVAL:
                 continue
             a, i, leaves = index[order.account], order.instrument, order.qty - order.cum_qty
             if order.side == BUY:

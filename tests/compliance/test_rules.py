@@ -721,3 +721,30 @@ def test_default_config_when_its_rules_are_built_then_they_decide():
             for side in (BUY, SELL):
                 out = cr.check_order(acc, inst.index, side, 1, pf.reference_price(inst.index))
                 assert out.code != RejectCode.COMPLIANCE_NO_PRICE, (acc, inst.symbol, out.text)
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_recheck_when_random_price_batches_then_deltas_match_a_full_recheck(seed):
+    cr, pf, _, rng = random_book(seed)
+    lists = dict(restricted=["EPSI"], watch=["GAMA"], locates={("X", "B"): 50})
+    cr.recheck()
+    n = len(UNIVERSE)
+    for step in range(60):
+        moved = rng.random(n) < 0.4
+        pf.last[moved] = np.maximum(pf.last[moved] + rng.integers(-3000, 3000, int(moved.sum())), 100)
+        if step % 20 == 5:
+            pf.last[int(rng.integers(n))] = 0  # a mark vanishes (no trade, no quote)
+            pf.bid[:] = 0
+            pf.ask[:] = 0
+        if step % 20 == 15:
+            pf.set_fx("EURUSD", float(rng.uniform(1.0, 1.5)))
+        if step % 7 == 0:
+            a, i = int(rng.integers(4)), int(rng.integers(n))
+            pf.position[a, i] += int(rng.integers(-200, 200))
+            cr.touch(a, i)
+        cr.recheck(moved)
+        fresh = ComplianceRules(cr.rules, pf.ref, pf, **lists)
+        fresh.recheck()
+        assert [(b.rule_id, b.scope_key) for b in cr.breaches()] == \
+               [(b.rule_id, b.scope_key) for b in fresh.breaches()], step
+    cr.validate()
