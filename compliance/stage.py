@@ -97,10 +97,10 @@ class ComplianceStage:
                                 float(e.value), float(e.limit)) for e in failed]
         if worst.severity == Severity.SOFT:
             if type(cmd) is ModifyOrder:
-                return worst.code, (f"rule {worst.rule_id} v{worst.version} would need approval: "
-                                    f"{worst.text}; cancel and submit a new order instead")
+                return worst.code, (f"would need approval ({worst.text}); cancel and submit a "
+                                    f"new order instead")
             return Screening(int(RejectCode.COMPLIANCE_HELD),
-                             f"held for approval: rule {worst.rule_id} v{worst.version}: {worst.text}",
+                             f"held for approval: {worst.text}",
                              findings)
         return Screening(0, "", findings) if type(cmd) is SubmitOrder else None
 

@@ -101,8 +101,8 @@ def cmd_run(args) -> int:
 
         run_demo(endpoint, config)
         print(f"\nKilat keeps serving on {endpoint}. In another terminal try: "
-              "`.venv/bin/kilat orders --open` or `.venv/bin/kilat book AAPL`. Ctrl-C stops it.",
-              flush=True)
+              "`.venv/bin/kilat orders --open --user bob`, `.venv/bin/kilat book AAPL` or "
+              "`.venv/bin/kilat alerts --user carol`. Ctrl-C stops it.", flush=True)
         for line in child.stdout:
             print(line, end="", flush=True)
         return child.wait()

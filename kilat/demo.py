@@ -3,7 +3,8 @@
 An admin posts a reference price (risk collars and values orders against it); a trader (bob,
 account MM1) quotes AAPL; a PM (alice, FUND1) lifts the offer, rests a bid, modifies and cancels
 it; the maker sees its fills pushed to its own session; a PM acting on an account that is not
-hers is refused. Every line printed is a real reply from the server.
+hers is refused; a large order breaches a SOFT compliance rule and is held until a compliance
+officer (carol) approves it. Every line printed is a real reply from the server.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
     tag = os.urandom(3).hex()  # ClOrdIDs are unique within a day; each demo run brings its own
     steps: dict[str, list] = {}
     with (KilatClient(endpoint, user="admin") as admin, KilatClient(endpoint, user="bob") as maker,
-          KilatClient(endpoint, user="alice") as pm):
+          KilatClient(endpoint, user="alice") as pm, KilatClient(endpoint, user="carol") as officer):
 
         def step(title: str, replies: list) -> list:
             out(f"\n== {title}")
@@ -63,6 +64,18 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
         out(f"  bids {[(lvl.price, lvl.qty) for lvl in book.bids]}  asks "
             f"{[(lvl.price, lvl.qty) for lvl in book.asks]}  last {book.last_px}")
         step("FUND1 cancels its bid", pm.cancel("FUND1", order_id))
+        step("carol (compliance) puts issuer ACME on the watch list", officer.issuer_list(
+            "watch", "ACME", True, "rumours"))
+        step("FUND1 bids 10,000 AAPL at 189.00 (3.6% of the fund's NAV)", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 10_000, px("189.00"), cl_ord_id=f"pm-{tag}-5"))
+        held = step("FUND1 bids 10,000 more: above 5% of NAV, held for approval", pm.submit(
+            "FUND1", "AAPL", Side.BUY, 10_000, px("189.00"), cl_ord_id=f"pm-{tag}-6"))
+        step("carol's session receives the alert, pushed", list(officer.events(timeout=1.0)))
+        if held and type(held[0]).__name__ == "OrderHeld":
+            step("carol approves it (four eyes: not the submitter)", officer.approve(
+                held[0].order_id, "mandate allows 8%"))
+            step("alice's session receives the release, pushed", list(pm.events(timeout=1.0)))
+        step("FUND1 cancels its AAPL bids", pm.mass_cancel("FUND1", "AAPL"))
         mine = [o for o in pm.orders(account="FUND1") if o.cl_ord_id.startswith(f"pm-{tag}")]
         out("\n== FUND1's orders from this run")
         for o in mine:

@@ -36,6 +36,7 @@ from engine.messages import (
     CommandError,
     EndOfDay,
     OrderAccepted,
+    OrderDenied,
     OrderHeld,
     OrdersView,
     OrderView,
@@ -208,11 +209,7 @@ class Service:
             if getattr(request.message, "user", "") in self._officer_names:
                 self.officers.add(request.identity)
             answers.append((request, self._route(request.identity, account, events, pushes)))
-        notices = self.engine.pipeline.notices
-        if notices:  # alerts raised in stage 8 go to every officer session that has spoken
-            for identity in self.officers:
-                pushes.setdefault(identity, []).extend(notices)
-            notices.clear()
+        self._push_notices(pushes)
         if any(type(r.message) is EndOfDay for r in pending):  # forget finished orders' sessions
             orders = self.engine.pipeline.orders
             self.owners = {oid: who for oid, who in self.owners.items() if oid in orders}
@@ -231,7 +228,10 @@ class Service:
             event_account = getattr(event, "account", None)
             if event_account is None or not account or event_account == account:
                 mine.append(event)
-            owner = owners.get(getattr(event, "order_id", 0))
+            oid = getattr(event, "order_id", 0)
+            if type(event) is OrderDenied:  # an officer rejected a held order: tell its owner
+                oid = self.engine.pipeline.cl_ord_ids.get((event.account, event.cl_ord_id), 0)
+            owner = owners.get(oid)
             if owner is not None and owner != sender:
                 pushes.setdefault(owner, []).append(event)
         return mine
@@ -251,6 +251,15 @@ class Service:
             owner = self.owners.get(event.order_id)
             if owner is not None:
                 pushes.setdefault(owner, []).append(event)
+        self._push_notices(pushes)
+
+    def _push_notices(self, pushes: dict[bytes, list]) -> None:
+        """Alerts raised in stage 8 go to every officer session that has spoken."""
+        notices = self.engine.pipeline.notices
+        if notices:
+            for identity in self.officers:
+                pushes.setdefault(identity, []).extend(notices)
+            notices.clear()
 
     def _answer(self, query):
         pipeline = self.engine.pipeline
