@@ -3,7 +3,10 @@
 (b) per-command pipeline latency, p50 / p99 / p99.9 in ns: SubmitOrder / CancelOrder through
     every stage, the journal append included (the fsync is not: it is once per loop batch and
     measured by bench_journal.py). Baseline in the same run: the same pipeline on the reference
-    book, and a bare msgpack encode+decode of the command (the floor of any Python edge).
+    book, and a bare msgpack encode+decode of the command (the floor of any Python edge). Then
+    the same flow with risk and compliance wired as `kilat serve` wires them (the default
+    config's limits, rules and detectors; throttles opened up and locates given so that the
+    flow is not refused), which is what an order really costs.
 (c) journal replay: rebuilding the whole state from a journal of 200,000 commands (commands/s),
     next to the journal layer alone (read + CRC check + decode) on the same file.
 (d) cold start of `kilat serve` to its ready line with a warm numba cache, median of 5, next to
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from engine.book import NumbaBook  # noqa: E402
 from engine.constants import Side, TimeInForce  # noqa: E402
 from engine.journal import JournalWriter, read_journal  # noqa: E402
-from engine.messages import JOURNAL_DECODER, CancelOrder, SubmitOrder  # noqa: E402
+from engine.messages import JOURNAL_DECODER, CancelOrder, PriceTick, SubmitOrder  # noqa: E402
 from engine.model import ReferenceData  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.recovery import recover  # noqa: E402
@@ -93,6 +96,47 @@ def latency(book_factory, cmds: list, scratch: Path) -> dict:
                 journal.commit()  # a loop batch: commit outside the timed call
     path.unlink()
     return pct(samples)
+
+
+def latency_with_stages(cmds: list, scratch: Path) -> dict:
+    from compliance.rules import LocateSpec
+    from kilat.config import check_config
+    from kilat.service import build_pipeline
+    from risk.config import AccountLimits, UserLimits
+
+    risk = _CONFIG.risk
+    config = msgspec.structs.replace(
+        _CONFIG,
+        risk=msgspec.structs.replace(
+            risk, accounts=[msgspec.structs.replace(risk.accounts[0], max_orders_per_window=10**6,
+                                                    max_modifies_per_window=10**6)],
+            users=[UserLimits(max_orders_per_window=10**6, max_modifies_per_window=10**6)]),
+        compliance=msgspec.structs.replace(
+            _CONFIG.compliance, locates=[LocateSpec("FUND1", "AAPL", 10**6), LocateSpec("MM1", "AAPL", 10**6)]),
+    )
+    assert isinstance(config.risk.accounts[0], AccountLimits)
+    ref = check_config(config)
+    path = scratch / f"stages-{time.perf_counter_ns()}.kjl"
+    cmds = [msgspec.structs.replace(c, user="bob") for c in cmds]
+    refused = 0
+    with JournalWriter(path, fsync=False) as journal:
+        pipe = build_pipeline(config, ref, NumbaBook(len(ref.by_index), 1_000_000, 1024, 10_000), journal)
+        pipe.process(PriceTick("AAPL", 14_990, 15_010, 15_000, 1, "admin"))
+        for cmd in cmds[:2_000]:
+            pipe.process(cmd)
+        clock = time.perf_counter_ns
+        samples = []
+        process = pipe.process
+        for i, cmd in enumerate(cmds[2_000:]):
+            t0 = clock()
+            events = process(cmd)
+            samples.append(clock() - t0)
+            refused += type(events[0]).__name__ in ("OrderDenied", "OrderRejected") if events else 0
+            if i % 512 == 511:
+                journal.commit()
+        pipe.validate()
+    path.unlink()
+    return {**pct(samples), "refused": refused}
 
 
 def edge_floor(cmds: list) -> dict:
@@ -179,6 +223,7 @@ def main() -> None:
                         "python": platform.python_version()},
             "per_command_latency_numba_book": numba,
             "per_command_latency_reference_book": reference,
+            "per_command_latency_with_risk_and_compliance": latency_with_stages(cmds, scratch),
             "baseline_msgpack_encode_decode": edge_floor(cmds[:20_000]),
             "journal_replay": replay(n_replay, scratch),
             "cold_start": cold_start(scratch, runs),
