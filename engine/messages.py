@@ -247,6 +247,16 @@ class RuleFinding(msgspec.Struct, frozen=True, array_like=True, gc=False):
     limit: float
 
 
+class DeniedOrder(msgspec.Struct, **_HOT):
+    """Journal only: pre-trade risk or compliance refused this submit or modify. It changes no
+    state (replay skips it) but keeps every refusal, with the rule version and the figures in
+    ``reason``, in the audit trail (`kilat audit`)."""
+
+    request: SubmitOrder | ModifyOrder
+    code: int
+    reason: str
+
+
 class BatchEnd(msgspec.Struct, **_HOT):
     """Journal only: stage 8 observed the commands since the previous mark as one batch. Replay
     observes at the same marks, so post-trade and surveillance state folds identically."""
@@ -312,7 +322,7 @@ Command = (
     | SetTradingState
 )
 Query = QueryOrders | QueryBook | Ping | QueryAlerts | QueryRisk | QueryPositions
-Journaled = Command | AdvanceTime | ScreenedOrder | BatchEnd
+Journaled = Command | AdvanceTime | ScreenedOrder | DeniedOrder | BatchEnd
 ClientMessage = Command | Query
 
 ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, CommentAlert)
@@ -321,7 +331,7 @@ ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, C
 STATE_COMMANDS = (
     SubmitOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
     PriceTick, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
-    SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, BatchEnd,
+    SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, DeniedOrder, BatchEnd,
 )
 
 

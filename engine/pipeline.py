@@ -76,6 +76,7 @@ from engine.messages import (
     CancelOrder,
     CommandDone,
     CommandError,
+    DeniedOrder,
     EndOfDay,
     MassCancel,
     ModifyOrder,
@@ -178,7 +179,7 @@ _S_PENDING_NEW = OrderStatus.PENDING_NEW
 _S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
 
 # Operations the pipeline runs itself (the book's OP_* are below 100).
-_OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL = 100, 101, 102, 103, 104
+_OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL, _OP_AUDIT = 100, 101, 102, 103, 104, 105
 
 
 _BATCH_END = BatchEnd()
@@ -415,6 +416,10 @@ class Pipeline:
             return self._check_price(cmd)
         if kind is ApproveOrder or kind is RejectHeldOrder:
             return self._check_decision(cmd)
+        if kind is DeniedOrder:
+            if run_hooks:
+                raise TypeError("a DeniedOrder comes from the journal only")
+            return _Prepared(_OP_AUDIT, cmd)
         if kind is ScreenedOrder:
             if run_hooks:
                 raise TypeError("a ScreenedOrder comes from the journal only")
@@ -490,7 +495,9 @@ class Pipeline:
                 if type(outcome) is Screening:
                     screening = outcome
                     continue
-                return [OrderDenied(cmd.account, cmd.cl_ord_id, int(outcome[0]), outcome[1], cmd.ts)]
+                code, text = int(outcome[0]), outcome[1]
+                self._journal(DeniedOrder(cmd, code, text))  # the audit trail keeps every refusal
+                return [OrderDenied(cmd.account, cmd.cl_ord_id, code, text, cmd.ts)]
             return screening
         return None
 
@@ -597,6 +604,7 @@ class Pipeline:
                 if type(refusal) is Screening:
                     refusal = (refusal.hold_code, refusal.hold_reason) if refusal.hold_code else None
                 if refusal is not None:
+                    self._journal(DeniedOrder(cmd, int(refusal[0]), refusal[1]))
                     break
         if refusal is not None:
             return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], True)]
@@ -681,6 +689,8 @@ class Pipeline:
     def _execute_own(self, p: _Prepared) -> list:
         """Stages 6-7 for what only the pipeline handles: holds, approvals, prices, controls."""
         cmd, op, out = p.cmd, p.op, []
+        if op == _OP_AUDIT:
+            return out  # a refusal kept for the audit trail: no state
         if op == _OP_PRICE:
             self.portfolio.tick(self.ref.instruments[cmd.symbol].index, cmd.bid, cmd.ask, cmd.last, cmd.ts)
             return out

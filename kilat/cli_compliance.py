@@ -10,6 +10,7 @@
     kilat limit ACCOUNT SYMBOL NAME VALUE
     kilat kill-switch on|off global|account|user [TARGET] [--reason TEXT]
     kilat trading-state ACCOUNT SYMBOL active|reducing|halted
+    kilat audit [--account A] [--of-user U] [--kind K]     (reads the journal file)
 
 Each command acts as ``--user`` (default: the KILAT_USER environment variable); the engine
 checks the user's role.
@@ -17,6 +18,7 @@ checks the user's role.
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 
 import msgspec
@@ -211,3 +213,84 @@ def add_commands(add) -> None:
     sp.add_argument("account", help='account id or "*"')
     sp.add_argument("symbol", help='symbol or "*"')
     sp.add_argument("state", choices=["active", "reducing", "halted"])
+    add_audit(add)
+
+
+# -- AUDIT: read from the journal file, the record of every decision ------------------------------
+
+#: What the audit trail shows: refusals, holds and warnings, and every officer or admin action.
+AUDIT_KINDS = ("DeniedOrder", "ScreenedOrder", "ApproveOrder", "RejectHeldOrder", "AcknowledgeAlert",
+               "EscalateAlert", "ResolveAlert", "DismissAlert", "CommentAlert", "UpdateIssuerList",
+               "SetLocate", "SetRiskLimit", "SetKillSwitch", "SetTradingState", "EndOfDay")
+
+
+def audit_entries(journal_path, account: str = "", user: str = "", kinds=AUDIT_KINDS):
+    """(seq, record) for the audit kinds in the journal, oldest first. O(journal)."""
+    from engine.journal import read_journal
+    from engine.messages import JOURNAL_DECODER
+
+    decode = JOURNAL_DECODER.decode
+    for seq, payload in read_journal(journal_path):
+        record = decode(payload)
+        name = type(record).__name__
+        if name not in kinds:
+            continue
+        inner = getattr(record, "request", None) or getattr(record, "order", None) or record
+        if account and getattr(inner, "account", account) != account:
+            continue
+        if user and getattr(inner, "user", "") != user:
+            continue
+        yield seq, record
+
+
+def _audit_line(seq: int, record) -> dict:
+    name = type(record).__name__
+    inner = getattr(record, "request", None) or getattr(record, "order", None) or record
+    entry = {"seq": seq, "ts": _when(getattr(inner, "ts", 0)), "kind": name,
+             "user": getattr(inner, "user", "")}
+    if name == "DeniedOrder":
+        entry |= {"account": inner.account, "cl_ord_id": inner.cl_ord_id, "request": type(inner).__name__,
+                  "code": record.code, "reason": record.reason}
+    elif name == "ScreenedOrder":
+        entry |= {"account": inner.account, "cl_ord_id": inner.cl_ord_id, "symbol": inner.symbol,
+                  "outcome": "held" if record.hold_code else "warned",
+                  "findings": [as_dict(f) for f in record.findings]}
+    else:
+        entry |= {k: v for k, v in as_dict(record).items() if k not in ("ts", "user")}
+    return entry
+
+
+def cmd_audit(args) -> int:
+    from pathlib import Path
+
+    from engine.journal import JournalError
+
+    config = _config(args)
+    path = Path(args.data_dir or config.server.data_dir) / "journal.kjl"
+    if not path.exists():
+        raise CliError(f"no journal at {path}")
+    kinds = tuple(k for k in AUDIT_KINDS if not args.kind or k in args.kind)
+    try:
+        entries = [_audit_line(seq, r) for seq, r in audit_entries(path, args.account or "",
+                                                                    args.of_user or "", kinds)]
+    except JournalError as exc:
+        print(f"kilat: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(entries).decode())
+        return 0
+    for e in entries:
+        rest = {k: v for k, v in e.items() if k not in ("seq", "ts", "kind", "user")}
+        print(f"{e['seq']:>8} {e['ts']} {e['kind']:17} {e['user'] or '-':8} "
+              + " ".join(f"{k}={v}" for k, v in rest.items()))
+    print(f"{len(entries)} record(s)")
+    return 0
+
+
+def add_audit(add) -> None:
+    sp = add("audit", cmd_audit, "the audit trail from the journal: refusals, holds, warnings, "
+                                 "officer and admin actions")
+    sp.add_argument("--data-dir", help="where the journal is (default: from the config)")
+    sp.add_argument("--account")
+    sp.add_argument("--of-user", help="only what this user sent")
+    sp.add_argument("--kind", action="append", choices=AUDIT_KINDS)

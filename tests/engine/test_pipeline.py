@@ -118,17 +118,27 @@ def test_invalid_order_is_rejected_with_code_and_reason_and_changes_nothing(pipe
     assert pipe.state_hash() == before and pipe.seq == 0
 
 
-def test_risk_hook_denial_is_order_denied_and_nothing_is_journaled(tmp_path):
+def test_risk_hook_denial_is_order_denied_changes_nothing_and_is_kept_for_audit(tmp_path):
     def deny_big(cmd, pipeline):
         return (2001, "qty above 1000 lots") if getattr(cmd, "qty", 0) > 1000 else None
 
     with JournalWriter(tmp_path / "j") as journal:
         pipe = Pipeline(REF, make_book("reference"), journal, risk_check=deny_big)
+        before = pipe.state_hash()
         events = pipe.process(order("big", qty=5000))
         assert isinstance(events[0], OrderDenied) and events[0].code == 2001
-        assert journal.last_seq == 0 and not pipe.orders
+        assert not pipe.orders and pipe.state_hash() == before
         assert kinds(pipe.process(order("ok", qty=10))) == ["OrderAccepted"]
-        assert journal.last_seq == 1
+        journal.commit()
+    from engine.journal import read_journal
+    from engine.messages import JOURNAL_DECODER, DeniedOrder
+
+    records = [JOURNAL_DECODER.decode(payload) for _, payload in read_journal(tmp_path / "j")]
+    assert [type(r).__name__ for r in records] == ["DeniedOrder", "SubmitOrder"]
+    assert records[0] == DeniedOrder(order("big", qty=5000), 2001, "qty above 1000 lots")
+    fresh = Pipeline(REF, make_book("reference"), risk_check=deny_big)
+    recover(fresh, tmp_path / "j", tmp_path / "no-snapshots")
+    assert fresh.state_hash() == pipe.state_hash()
 
 
 # -- cancel, modify ---------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ def test_soft_breach_held_then_officer_approves_and_alert_workflow_survives_a_cr
         assert held_status[0]["status"] == "Denied"
     finally:
         server.stop()
+    # the audit trail, read from the journal file: refusals, holds and every officer action
+    audit = json.loads(kilat("audit", "--data-dir", str(data), "--json", user="carol").stdout)
+    kinds = [(e["kind"], e.get("cl_ord_id") or e.get("issuer") or e.get("order_id")) for e in audit]
+    assert ("ScreenedOrder", "big-2") in kinds and ("ApproveOrder", held_id) in kinds
+    assert ("UpdateIssuerList", "MSFT") in kinds and ("RejectHeldOrder", held_again) in kinds
+    denied = [e for e in audit if e["kind"] == "DeniedOrder"]
+    assert [(e["cl_ord_id"], e["code"]) for e in denied] == [("msft-1", RejectCode.COMPLIANCE_RESTRICTED)]
+    assert "restricted-list v1" in denied[0]["reason"]
+    approve_entry = next(e for e in audit if e["kind"] == "ApproveOrder")
+    assert approve_entry["user"] == "carol" and approve_entry["reason"] == "PM mandate allows 8%"
 
 
 def _scenario() -> list:

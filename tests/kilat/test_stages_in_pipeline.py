@@ -133,13 +133,13 @@ def test_warn_rule_lets_the_order_pass_and_raises_an_alert(pipe):
     assert [n.rule_id for n in pipe.notices if type(n) is AlertRaised] == ["watch-list"]
 
 
-def test_hard_rule_denies_without_journaling(pipe):
-    seq = pipe.seq
+def test_hard_rule_denies_changing_no_state_and_the_denial_is_journaled_for_audit(pipe):
+    seq, state = pipe.seq, pipe.state_hash()
     denied = pipe.process(buy("x1", 100_000))  # ADV 10% rule: 5.5 M lots allowed; risk first: max qty
     assert type(denied[0]) is OrderDenied and denied[0].code == RejectCode.RISK_MAX_ORDER_QTY
     sell = pipe.process(SubmitOrder("FUND2", "s1", "AAPL", SELL, 10, price=19_000, ts=11, user="alice"))
     assert type(sell[0]) is OrderDenied and sell[0].code == RejectCode.COMPLIANCE_NO_LOCATE
-    assert pipe.seq == seq
+    assert pipe.seq == seq + 2 and pipe.state_hash() == state  # two DeniedOrder audit records
 
 
 def test_pm_on_an_account_that_is_not_theirs_is_refused(pipe):
