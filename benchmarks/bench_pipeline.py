@@ -82,20 +82,28 @@ def pct(samples: list[int]) -> dict:
 def latency(book_factory, cmds: list, scratch: Path) -> dict:
     path = scratch / f"lat-{time.perf_counter_ns()}.kjl"
     with JournalWriter(path, fsync=False) as journal:
-        pipe = Pipeline(REF, book_factory(), journal)
-        for cmd in cmds[:2_000]:  # warm-up (JIT, caches); its ClOrdIDs are then used
-            pipe.process(cmd)
-        clock = time.perf_counter_ns
-        samples = []
-        process = pipe.process
-        for i, cmd in enumerate(cmds[2_000:]):
-            t0 = clock()
-            process(cmd)
-            samples.append(clock() - t0)
-            if i % 512 == 511:
-                journal.commit()  # a loop batch: commit outside the timed call
+        samples, _ = _timed(Pipeline(REF, book_factory(), journal), cmds, journal)
     path.unlink()
     return pct(samples)
+
+
+def _timed(pipe, cmds: list, journal) -> tuple[list[int], int]:
+    """Per-command times of ``pipe.process`` after a 2,000-command warm-up (JIT, caches; its
+    ClOrdIDs are then used), committing every 512 commands outside the timed call as a loop
+    batch would; also how many commands were refused."""
+    for cmd in cmds[:2_000]:
+        pipe.process(cmd)
+    clock = time.perf_counter_ns
+    samples, refused = [], 0
+    process = pipe.process
+    for i, cmd in enumerate(cmds[2_000:]):
+        t0 = clock()
+        events = process(cmd)
+        samples.append(clock() - t0)
+        refused += bool(events) and type(events[0]).__name__ in ("OrderDenied", "OrderRejected")
+        if i % 512 == 511:
+            journal.commit()
+    return samples, refused
 
 
 def latency_with_stages(cmds: list, scratch: Path) -> dict:
@@ -118,22 +126,10 @@ def latency_with_stages(cmds: list, scratch: Path) -> dict:
     ref = check_config(config)
     path = scratch / f"stages-{time.perf_counter_ns()}.kjl"
     cmds = [msgspec.structs.replace(c, user="bob") for c in cmds]
-    refused = 0
     with JournalWriter(path, fsync=False) as journal:
         pipe = build_pipeline(config, ref, NumbaBook(len(ref.by_index), 1_000_000, 1024, 10_000), journal)
         pipe.process(PriceTick("AAPL", 14_990, 15_010, 15_000, 1, "admin"))
-        for cmd in cmds[:2_000]:
-            pipe.process(cmd)
-        clock = time.perf_counter_ns
-        samples = []
-        process = pipe.process
-        for i, cmd in enumerate(cmds[2_000:]):
-            t0 = clock()
-            events = process(cmd)
-            samples.append(clock() - t0)
-            refused += type(events[0]).__name__ in ("OrderDenied", "OrderRejected") if events else 0
-            if i % 512 == 511:
-                journal.commit()
+        samples, refused = _timed(pipe, cmds, journal)
         pipe.validate()
     path.unlink()
     return {**pct(samples), "refused": refused}

@@ -58,30 +58,11 @@ ACTION_BY_COMMAND = {
 }
 
 
-class Alert(msgspec.Struct):
-    alert_id: int
-    source: str
-    rule_id: str
-    rule_version: int
-    severity: str
-    account: str
-    symbol: str
-    text: str
-    order_ids: list[int]
-    exec_ids: list[int]
-    raised_ts: int
-    state: str = OPEN
-    assignee: str = ""
-    recovered: bool = False
-    updated_ts: int = 0
-    history: list[AlertHistoryEntry] = []
-
-
 class AlertBook:
     """Every alert since the start of the journal, by id. Lookups O(1); listing O(alerts)."""
 
     def __init__(self):
-        self.alerts: dict[int, Alert] = {}
+        self.alerts: dict[int, AlertView] = {}  # stored as their (immutable) views
         self.next_id = 1
         self.open_breaches: dict[str, int] = {}  # post-trade breach key -> its open alert id
 
@@ -92,9 +73,9 @@ class AlertBook:
                     ts: int) -> AlertRaised:
         alert_id = self.next_id
         self.next_id += 1
-        alert = Alert(alert_id, source, rule_id, version, severity, account, symbol, text,
-                      list(order_ids), list(exec_ids), ts, updated_ts=ts,
-                      history=[AlertHistoryEntry(ts, "kilat", "raise", OPEN, text)])
+        alert = AlertView(alert_id, source, rule_id, version, severity, OPEN, account, symbol, text,
+                          "", False, list(order_ids), list(exec_ids), ts, ts,
+                          [AlertHistoryEntry(ts, "kilat", "raise", OPEN, text)])
         self.alerts[alert_id] = alert
         return AlertRaised(alert_id, source, rule_id, version, severity, account, symbol, text,
                            alert.order_ids, alert.exec_ids, ts)
@@ -124,30 +105,24 @@ class AlertBook:
                       state: str | None = None) -> AlertUpdated:
         """Kilat's own step on an alert: a breach recovered, a held order decided."""
         alert = self.alerts[alert_id]
-        if action == "recovered":
-            alert.recovered = True
-        return self._update(alert, action, state or alert.state, "kilat", comment, alert.assignee, ts)
+        return self._update(alert, action, state or alert.state, "kilat", comment, alert.assignee, ts,
+                            recovered=alert.recovered or action == "recovered")
 
-    def _update(self, alert: Alert, action: str, state: str, user: str, comment: str,
-                assignee: str, ts: int) -> AlertUpdated:
-        alert.state = state
-        alert.assignee = assignee
-        alert.updated_ts = ts
-        alert.history.append(AlertHistoryEntry(ts, user, action, state, comment))
+    def _update(self, alert: AlertView, action: str, state: str, user: str, comment: str,
+                assignee: str, ts: int, recovered: bool | None = None) -> AlertUpdated:
+        self.alerts[alert.alert_id] = msgspec.structs.replace(
+            alert, state=state, assignee=assignee, updated_ts=ts,
+            recovered=alert.recovered if recovered is None else recovered,
+            history=[*alert.history, AlertHistoryEntry(ts, user, action, state, comment)])
         return AlertUpdated(alert.alert_id, state, action, user, comment, assignee, ts)
 
     # -- QUERIES --
 
-    def view(self, alert: Alert, with_history: bool) -> AlertView:
-        return AlertView(
-            alert.alert_id, alert.source, alert.rule_id, alert.rule_version, alert.severity,
-            alert.state, alert.account, alert.symbol, alert.text, alert.assignee, alert.recovered,
-            alert.order_ids, alert.exec_ids, alert.raised_ts, alert.updated_ts,
-            list(alert.history) if with_history else [],
-        )
+    def view(self, alert: AlertView, with_history: bool) -> AlertView:
+        return alert if with_history else msgspec.structs.replace(alert, history=[])
 
     def find(self, state: str = "", severity: str = "", rule: str = "", account: str = "",
-             limit: int = 1000) -> list[Alert]:
+             limit: int = 1000) -> list[AlertView]:
         """Newest first. O(alerts)."""
         found = []
         for alert in reversed(self.alerts.values()):
@@ -174,6 +149,6 @@ class AlertBook:
 
 
 class _AlertState(msgspec.Struct):
-    alerts: list[Alert]
+    alerts: list[AlertView]
     next_id: int
     open_breaches: list[tuple[str, int]]
