@@ -85,6 +85,26 @@ def test_soft_breach_held_then_officer_approves_and_alert_workflow_survives_a_cr
             third = pm.submit("FUND1", "AAPL", Side.BUY, 5_000, 19_000, cl_ord_id="big-3")
             assert type(third[0]) is OrderHeld
             held_again = third[0].order_id
+            admin.price("7203", 2_499, 2_501, 2_500)
+            watched = pm.submit("FUND1", "7203", Side.BUY, 10, 2_500, cl_ord_id="toyota-1")
+            assert type(watched[0]) is OrderAccepted  # WARN: it passes, and an alert is raised
+
+        warn = json.loads(kilat("alerts", "--rule", "watch-list", "--json", *ep, user="carol").stdout)
+        assert len(warn) == 1 and warn[0]["severity"] == "WARN" and warn[0]["symbol"] == "7203"
+        warn_id = str(warn[0]["alert_id"])
+        assert kilat("alert", "escalate", warn_id, "--comment", "to the CCO", "--assignee", "cco", *ep,
+                     user="carol").returncode == 0
+        assert kilat("alert", "comment", warn_id, "--comment", "client confirmed", *ep,
+                     user="carol").returncode == 0
+        no_reason = kilat("alert", "dismiss", warn_id, *ep, user="carol")
+        assert no_reason.returncode == 1 and "needs a comment" in no_reason.stdout
+        assert kilat("alert", "dismiss", warn_id, "--comment", "benign", *ep, user="carol").returncode == 0
+        shown = json.loads(kilat("alert", "show", warn_id, "--json", *ep, user="carol").stdout)
+        assert shown["state"] == "DISMISSED" and shown["assignee"] == "cco"
+        assert [(h["action"], h["state"]) for h in shown["history"]] == [
+            ("raise", "OPEN"), ("escalate", "ESCALATED"), ("comment", "ESCALATED"), ("dismiss", "DISMISSED")]
+        final = kilat("alert", "resolve", warn_id, "--comment", "again", *ep, user="carol")
+        assert final.returncode == 1 and "final" in final.stdout
 
         before = json.loads(kilat("alerts", "--json", *ep, user="carol").stdout)
         orders_before = json.loads(kilat("orders", "--json", *ep, user="carol").stdout)
