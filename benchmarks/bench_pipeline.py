@@ -115,10 +115,11 @@ def latency_with_stages(cmds: list, scratch: Path) -> dict:
     risk = _CONFIG.risk
     config = msgspec.structs.replace(
         _CONFIG,
-        risk=msgspec.structs.replace(
-            risk, accounts=[msgspec.structs.replace(risk.accounts[0], max_orders_per_window=10**6,
-                                                    max_modifies_per_window=10**6)],
-            users=[UserLimits(max_orders_per_window=10**6, max_modifies_per_window=10**6)]),
+        risk=msgspec.structs.replace(  # commands are 1 µs apart: a 1 ms window sees ~1,000
+            risk, throttle_window_ms=1,
+            accounts=[msgspec.structs.replace(risk.accounts[0], max_orders_per_window=5_000,
+                                              max_modifies_per_window=5_000)],
+            users=[UserLimits(max_orders_per_window=5_000, max_modifies_per_window=5_000)]),
         compliance=msgspec.structs.replace(
             _CONFIG.compliance, locates=[LocateSpec("FUND1", "AAPL", 10**6), LocateSpec("MM1", "AAPL", 10**6)]),
     )

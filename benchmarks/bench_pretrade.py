@@ -55,8 +55,8 @@ def main() -> None:
         limits=[LimitRow(max_order_qty=10_000, max_order_notional=Decimal("100000000"),
                          price_collar_pct=Decimal(5), max_position=1_000_000)],
         accounts=[AccountLimits(max_gross_exposure=Decimal("1e12"), max_net_exposure=Decimal("1e12"),
-                                max_orders_per_window=1_000_000, max_modifies_per_window=1_000_000)],
-        users=[UserLimits(max_orders_per_window=1_000_000, max_modifies_per_window=1_000_000)],
+                                max_orders_per_window=5_000, max_modifies_per_window=5_000)],
+        users=[UserLimits(max_orders_per_window=5_000, max_modifies_per_window=5_000)],
     )
     risk = RiskStage(RiskEngine(config, ref, pf))
     compliance = ComplianceStage(rules, None, ref)
@@ -64,7 +64,7 @@ def main() -> None:
     accounts = list(ref.account_index)
     rows = orders[:N_ORDERS]
     cmds = [SubmitOrder(accounts[a], f"o{k}", ref.by_index[i].symbol, Side(s), int(q),
-                        order_type=OrderType.LIMIT, price=int(p), ts=k * 1_000, user="u")
+                        order_type=OrderType.LIMIT, price=int(p), ts=k * 1_000_000, user="u")  # 1 ms apart
             for k, (a, i, s, q, p) in enumerate(rows.tolist())]
 
     for cmd in cmds[:2_000]:  # warm

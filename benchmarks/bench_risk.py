@@ -8,9 +8,14 @@ account priced and funded, limits from "*" rows plus 2,000 (account, symbol) row
     orders as the pipeline would, outside the timed call. Baseline in the same run: a Python
     method call that only looks up the account and instrument (the floor of any Python check).
 (b) ``RiskEngine.check_batch`` over batches of 512: orders per second.
-After timing, the batch answers are checked against the per-order answers on a fresh engine.
+(c) The exposure step alone on the same orders: ``risk.kernels.exposure`` (the per-account cached
+    sums plus the order's cell, O(1)) against ``exposure_scan`` (a pass over the account's row,
+    O(instruments): what every order paid before the cache) in the same run, p50 / p99 in ns.
+(d) Keeping the cache current: ``touch`` of one cell, ``reprice`` of one instrument, ``refresh``.
+After timing, the batch answers are checked against the per-order answers on a fresh engine,
+the two exposure paths against each other, and the cache against a rebuild (``validate``).
 
-    python benchmarks/bench_risk.py [--quick]
+    python benchmarks/bench_risk.py [--quick] [--instruments 2000]
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from engine.constants import OrderType, Side  # noqa: E402
 from engine.messages import SubmitOrder  # noqa: E402
 from engine.model import AccountSpec, InstrumentSpec, ReferenceData  # noqa: E402
 from engine.portfolio import Portfolio  # noqa: E402
+from risk import kernels as rk  # noqa: E402
 from risk.config import AccountLimits, LimitRow, RiskConfig, UserLimits  # noqa: E402
-from risk.engine import RiskEngine  # noqa: E402
+from risk.engine import RiskEngine, _entry  # noqa: E402
 
-N_ACCOUNTS, N_INSTRUMENTS, N_POSITIONS = 1_000, 200, 10_000
+N_ACCOUNTS, N_POSITIONS = 1_000, 10_000
+N_INSTRUMENTS = 200  # --instruments changes it
 MS = 1_000_000
 
 
@@ -152,10 +159,72 @@ def batch(risk: RiskEngine, cmds, size: int) -> tuple[float, list]:
     return len(cmds) / t_check, answers
 
 
+def exposure_step(risk: RiskEngine, cmds) -> dict:
+    """The exposure kernel alone, cached (O(1)) and scanning (O(instruments)), same orders."""
+    st, ai, ii = risk._st, risk._account_index, risk._inst_index
+    args = [(ai[c.account], ii[c.symbol], int(c.side), c.qty, c.price or 1) for c in cmds[:50_000]]
+    rk.exposure(st, 0, 0, 0, 1, 1)
+    rk.exposure_scan(st, 0, 0, 0, 1, 1)
+    cached, scan = _entry(rk.exposure), _entry(rk.exposure_scan)
+    clock = time.perf_counter_ns
+    result = {}
+    for name, fn in (("cached_O1", cached), ("scan_O_instruments", scan)):
+        samples, codes = [], []
+        for a, i, side, qty, px in args:
+            t0 = clock()
+            code = fn(st, a, i, side, qty, px)
+            samples.append(clock() - t0)
+            codes.append((code, float(risk._outf[0]), float(risk._outf[1])))
+        result[name] = pct(samples)
+        result.setdefault("_answers", []).append(codes)
+    first, second = result.pop("_answers")
+    assert first == second, "cached and scanned exposure differ"
+    return result
+
+
+def upkeep(risk: RiskEngine, rng: random.Random) -> dict:
+    """What keeping the cache current costs: touch (per fill / cancel / open), reprice of one
+    instrument (per price tick), refresh (after mass changes)."""
+    pf, clock = risk.portfolio, time.perf_counter_ns
+    touch, reprice = risk.touch, risk.reprice
+    cells = [(rng.randrange(N_ACCOUNTS), rng.randrange(N_INSTRUMENTS)) for _ in range(20_000)]
+    touches = []
+    for a, i in cells:
+        pf.working_sell[a, i] += 1
+        t0 = clock()
+        touch(a, i)
+        touches.append(clock() - t0)
+    one = np.zeros(N_INSTRUMENTS, dtype=np.bool_)
+    reprices = []
+    for _ in range(2_000):
+        i = rng.randrange(N_INSTRUMENTS)
+        pf.last[i] += rng.choice([-1, 1])
+        one[i] = True
+        t0 = clock()
+        reprice(one)
+        reprices.append(clock() - t0)
+        one[i] = False
+    refreshes = []
+    for _ in range(5):
+        t0 = clock()
+        risk.refresh()
+        refreshes.append(clock() - t0)
+    risk.validate()
+    for a, i in cells:
+        pf.working_sell[a, i] -= 1
+    risk.refresh()
+    return {"touch": pct(touches), "reprice_one_instrument": pct(reprices),
+            "refresh_ms": round(min(refreshes) / 1e6, 2)}
+
+
 def main() -> None:
+    global N_INSTRUMENTS
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument("--instruments", type=int, default=N_INSTRUMENTS,
+                        help="instruments in the universe (bench_pretrade's has 2,000)")
     args = parser.parse_args()
+    N_INSTRUMENTS = args.instruments
     n = 20_000 if args.quick else 200_000
     ref, pf, config = universe(seed=1)
     cmds = stream(ref, pf, n, seed=2)
@@ -174,6 +243,8 @@ def main() -> None:
         if a is not None:
             codes[int(a[0])] = codes.get(int(a[0]), 0) + 1
     assert {2001, 2003, 2005} <= set(codes), codes
+    step = exposure_step(risk, cmds)
+    costs = upkeep(risk, random.Random(3))
     result = {
         "benchmark": "risk",
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -183,6 +254,10 @@ def main() -> None:
         "baseline_python_lookup_only": base,
         "p99_ratio_to_baseline": round(latency["all"]["p99_ns"] / max(base["p99_ns"], 1), 1),
         "batch_512_orders_per_s": round(rate),
+        "exposure_step": step,
+        "exposure_scan_p50_ratio_to_cached": round(
+            step["scan_O_instruments"]["p50_ns"] / max(step["cached_O1"]["p50_ns"], 1), 1),
+        "cache_upkeep": costs,
         "denied_by_code": dict(sorted(codes.items())),
         "passed": sum(a is None for a in answers),
     }

@@ -156,6 +156,9 @@ class ComplianceStage:
             if kind is ScreenedOrder:
                 raised.extend(self._pre_trade_alerts(record, events))
             elif kind is ApproveOrder or kind is RejectHeldOrder:
+                decided = pipeline.orders.get(record.order_id)
+                if decided is not None:  # a rejection's OrderDenied names no order id
+                    cells.add((decided.account, decided.instrument))
                 alert_id = self.hold_alerts.pop(record.order_id, 0)
                 if alert_id and alerts.alerts[alert_id].state not in FINAL:
                     verb = "approved" if kind is ApproveOrder else "rejected"
@@ -185,7 +188,7 @@ class ComplianceStage:
             for account, instrument in cells:
                 touch(index[account], instrument)
         if changed is not None:
-            raised.extend(self._post_trade(changed, done[-1][0].ts if done else 0))
+            raised.extend(self._post_trade(changed, max(map(_record_ts, done), default=0)))
         if self.surveillance is not None and batch_events:
             rows = self.surveillance.encode(batch_events)
             if len(rows):
@@ -260,6 +263,13 @@ class ComplianceStage:
         h.update(self.alerts.state_hash())
         h.update(msgspec.msgpack.encode(sorted(self.hold_alerts.items())))
         return h.digest()
+
+
+def _record_ts(item: tuple) -> int:
+    """The time of a journaled record (a screened order carries its order's)."""
+    record = item[0]
+    inner = getattr(record, "order", None) or getattr(record, "request", None) or record
+    return getattr(inner, "ts", 0)
 
 
 def _order_price(order_type, price: int, stop_price: int, pipeline, instrument: int) -> int:

@@ -62,6 +62,6 @@ USER_LIMITS = ("max_orders_per_window", "max_modifies_per_window")
 
 #: Bounds that keep the integer arithmetic inside int64.
 MAX_LOTS = 10**12
-MAX_RATE = 1_000_000
+MAX_RATE = 100_000  # commands per throttle window: each window keeps one int64 per allowed command
 MAX_WINDOW_MS = 86_400_000
 MAX_AMOUNT_MINOR = 2**62 - 1

@@ -31,12 +31,13 @@ working orders on that side together cannot flip the position, and stacking does
 
 8. position: |position + working buys + q| (buy) or |position - working sells - q| (sell)
    <= max_position → ``RISK_POSITION_LIMIT``.
-9. exposure in the account's base currency at reference prices (see
+9. exposure in the account's base currency at the cached marks (see
    ``risk.kernels.exposure``): per instrument, L = position + working buys and S = position -
    working sells, this order included; gross = Σ max(|L|, |S|) × value of a lot, net =
-   max(|Σ L × value|, |Σ S × value|). An instrument held with no reference price, or no FX rate
+   max(|Σ L × value|, |Σ S × value|), each instrument's term rounded to 1/256 of a minor unit.
+   An instrument held with no mark (the order's own is valued at its price then), or no FX rate
    to the base currency, denies (``RISK_NO_REFERENCE_PRICE``, ``RISK_NO_FX_RATE``) →
-   ``RISK_GROSS_EXPOSURE`` / ``RISK_NET_EXPOSURE``.
+   ``RISK_GROSS_EXPOSURE`` / ``RISK_NET_EXPOSURE``. O(1): per-account sums are cached.
 10. buying power: a buy's notional in minor units <= ``Portfolio.available_cash`` in the
     instrument's currency (sells need no cash) → ``RISK_BUYING_POWER``.
 
@@ -44,6 +45,20 @@ A limit no configuration row sets denies (``RISK_NO_LIMIT``); so does an unknown
 instrument. Modifies are checked as the order would be after the change; only increases count
 (an order-level check fires only if the new qty or notional exceeds both the limit and the old
 value; the collar only if the price changes; working lots added = max(0, new leaves - old)).
+
+The exposure cache (what check 9 reads) is the owner's to keep current, as ``risk.stage`` does:
+
+- ``touch(account, instrument)`` after any change to that cell's position or working lots
+  (open, fill, cancel, replace, expiry, deny); the checked order's own cell is always read live;
+- ``reprice(changed)`` after prices moved: the *marks* are the portfolio's reference prices
+  (``Portfolio.reference_price``) as of the last ``reprice`` / ``refresh`` that covered the
+  instrument, not as of the check; FX rates as of the last ``refresh`` (``reprice`` rebuilds
+  when they moved);
+- ``refresh()`` rebuilds everything (after mass changes, on ``load``).
+
+Its sums are exact integers, so the answers are those of a fresh engine built on the same
+portfolio and marks whatever the order of touches (``validate`` checks it); it is derived state,
+rebuilt on ``load`` and not part of ``dump`` / ``state_hash``.
 """
 
 from __future__ import annotations
@@ -184,14 +199,24 @@ class RiskEngine:
         self._user_cap = 16
         n_a, n_i = len(self._accounts), len(self._symbols)
         self._out = np.zeros(k.N_OUT, dtype=np.int64)
+        self._out_ints = memoryview(self._out)  # reads Python ints without a copy (deny path)
         self._outf = np.zeros(2, dtype=np.float64)
         self._cell_state = np.zeros((n_a, n_i), dtype=np.int8)
         self._static_inst = self._instrument_statics()
         self._scale = self._currency_scale()
+        self._text_tables()
+        # the exposure cache (derived; see the module docstring): filled by refresh()
+        self._mark = np.zeros(n_i, dtype=np.int64)
+        self._cfx = np.full(portfolio.fx.shape, np.nan)
+        self._c_long = np.zeros((n_a, n_i), dtype=np.int64)
+        self._c_short = np.zeros((n_a, n_i), dtype=np.int64)
+        self._expo = np.zeros((n_a, k.N_EXPO_COLS), dtype=np.int64)
+        self._holders = np.zeros(n_i, dtype=np.int64)
         self._wmeta = np.zeros((0, k.N_WINDOW_COLS), dtype=np.int64)
         self._ring = np.zeros(0, dtype=np.int64)
         self._entries: dict[tuple[str, int, int], list[int]] = {}
         self._rebuild()  # raises ConfigError on a value that does not convert
+        self.refresh()
         self._warm()
 
     # -- CONFIGURATION ----------------------------------------------------------------------------
@@ -344,6 +369,7 @@ class RiskEngine:
             glob[col] = self._convert(name, star[name], "risk.users[*]") if name in star else k.UNSET
         glob[k.G_N_ACCOUNTS] = n_a
         glob[k.G_USER_CAP] = self._user_cap
+        glob[k.G_CELL_CAP] = 2**62 // max(n_i, 1)
         user_tab = np.full((self._user_cap, k.N_USER_COLS), k.UNSET, dtype=np.int64)
         for u, user in enumerate(self._users):
             merged = {**star, **users.get(user, {})}
@@ -416,7 +442,9 @@ class RiskEngine:
             cash=pf.cash, held=pf.held, bid=pf.bid, ask=pf.ask, last=pf.last, fx=pf.fx,
             lim_cell=self._lim_cell, lim_rows=self._lim_rows, acct=self._acct, inst=self._inst,
             cell_state=self._cell_state, glob=self._glob, users=self._user_tab, wmeta=self._wmeta,
-            ring=self._ring, scale=self._scale, out=self._out, outf=self._outf)
+            ring=self._ring, scale=self._scale, out=self._out, outf=self._outf,
+            mark=self._mark, cfx=self._cfx, c_long=self._c_long, c_short=self._c_short,
+            expo=self._expo, holders=self._holders)
 
     def _warm(self) -> None:
         """Compile (or load from cache) the kernels, and bind the compiled entry points so a
@@ -424,15 +452,18 @@ class RiskEngine:
         st = self._st
         k.check_submit(st, 0, 0, -1, 0, 0, 1, 0, 1, 0)
         k.check(st, k.K_MODIFY, 0, 0, -1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0)
+        k.touch_cell(st, 0, 0)  # a no-op right after refresh()
+        k.reprice(st, np.zeros(len(self._symbols), dtype=np.bool_))
         self._k_submit = _entry(k.check_submit)
         self._k_check = _entry(k.check)
+        self._k_touch = _entry(k.touch_cell)
         self._k_note = k.note_command
 
     # -- CHECKS (read-only) ---------------------------------------------------------------------
 
     def check_submit(self, cmd: SubmitOrder) -> Refusal | None:
-        """Every check on a new order; None to pass. Read-only. O(1) plus O(instruments) for
-        exposure."""
+        """Every check on a new order; None to pass. Read-only. O(1) (O(instruments) for an
+        account holding an instrument it cannot value: see ``risk.kernels.exposure_scan``)."""
         a = self._account_index.get(cmd.account)
         i = self._inst_index.get(cmd.symbol)
         if a is None or i is None:
@@ -441,12 +472,12 @@ class RiskEngine:
                               cmd.order_type, cmd.price, cmd.stop_price, cmd.qty, cmd.ts)
         if code == 0:
             return None
-        return code, self._text(code, self._out, self._outf[0], self._outf[1], a, i, cmd.user,
-                                cmd.side, cmd.price, cmd.qty, k.K_SUBMIT)
+        return code, self._text(code, self._out_ints, a, i, cmd.user, cmd.side, cmd.qty,
+                                k.K_SUBMIT)
 
     def check_modify(self, cmd: ModifyOrder, order) -> Refusal | None:
         """The checks on ``order`` as it would be after ``cmd``; None to pass. Read-only. O(1)
-        plus O(instruments) when working lots increase."""
+        (as ``check_submit``)."""
         a = self._account_index.get(order.account)
         if a is None or not 0 <= order.instrument < len(self._symbols):
             return self._unknown(order.account, str(order.symbol))
@@ -460,8 +491,8 @@ class RiskEngine:
                              order.price, int(changed), cmd.ts)
         if code == 0:
             return None
-        return code, self._text(code, self._out, self._outf[0], self._outf[1], a, i, cmd.user,
-                                order.side, price, qty, k.K_MODIFY)
+        return code, self._text(code, self._out_ints, a, i, cmd.user, order.side, qty,
+                                k.K_MODIFY)
 
     def check_batch(self, cmds: list[SubmitOrder]) -> list[Refusal | None]:
         """``check_submit`` for each command, in one jitted call over the batch. O(n).
@@ -471,7 +502,7 @@ class RiskEngine:
         portfolio (its lots working, a buy's notional held at the price ``Portfolio.hold_price``
         uses) before the next is checked; no fills, cancels, price ticks or controls happen
         inside the batch. Those effects are simulated and undone: on return the state is
-        unchanged (the pipeline still calls ``note_submit`` and ``Portfolio.open`` itself).
+        unchanged (the pipeline still calls ``note_submit``, ``Portfolio.open`` and ``touch``).
         """
         n = len(cmds)
         rows = np.zeros((n, 9), dtype=np.int64)
@@ -488,21 +519,19 @@ class RiskEngine:
             rows[r] = (a, i, self._user_index[cmd.user], cmd.side, cmd.order_type, cmd.price,
                        cmd.stop_price, cmd.qty, cmd.ts)
         codes = np.zeros(n, dtype=np.int64)
-        outs = np.zeros((n, k.N_OUT + 2), dtype=np.int64)
+        outs = np.zeros((n, k.N_OUT), dtype=np.int64)
         k.check_batch(self._st, rows, codes, outs, np.zeros((n, 6), dtype=np.int64),
                       np.zeros(n, dtype=np.int64))
-        result: list[Refusal | None] = []
-        for r, cmd in enumerate(cmds):
-            code = int(codes[r])
+        result: list[Refusal | None] = [None] * n
+        for r in np.flatnonzero(codes).tolist():
+            cmd = cmds[r]
             if not known[r]:
-                result.append(self._unknown(cmd.account, cmd.symbol))
-            elif code == 0:
-                result.append(None)
+                result[r] = self._unknown(cmd.account, cmd.symbol)
             else:
-                result.append((code, self._text(code, outs[r], outs[r, k.N_OUT],
-                                                outs[r, k.N_OUT + 1], int(rows[r, 0]),
-                                                int(rows[r, 1]), cmd.user, cmd.side, cmd.price,
-                                                cmd.qty, k.K_SUBMIT)))
+                code = int(codes[r])
+                result[r] = code, self._text(code, outs[r].tolist(), int(rows[r, 0]),
+                                             int(rows[r, 1]), cmd.user, cmd.side, cmd.qty,
+                                             k.K_SUBMIT)
         return result
 
     # -- NOTES (the pipeline calls these for every command that passed, live and on replay) -------
@@ -537,6 +566,54 @@ class RiskEngine:
         if u >= self._user_cap:
             self._user_cap *= 2
         self._rebuild()
+
+    # -- EXPOSURE CACHE (the owner keeps it current: risk.stage does, live and on replay) --------
+
+    def touch(self, account: int, instrument: int) -> None:
+        """Revalue cell (account index, instrument index) in the exposure cache after its position
+        or working lots changed (open, fill, cancel, replace, expiry, deny), at the cached mark.
+        O(1)."""
+        self._k_touch(self._st, account, instrument)
+
+    def reprice(self, changed_instruments: np.ndarray) -> None:
+        """After prices moved: each instrument flagged in ``changed_instruments`` (bool per
+        instrument) takes its reference price now as its cached mark, and the accounts holding it
+        are revalued. FX rates that moved since the last refresh rebuild everything.
+        O(instruments + accounts × instruments whose mark moved); O(accounts × instruments) on an
+        FX move."""
+        if not np.array_equal(self._cfx, self.portfolio.fx, equal_nan=True):
+            self.refresh()
+            return
+        k.reprice(self._st, np.ascontiguousarray(changed_instruments, dtype=np.bool_))
+
+    def refresh(self) -> None:
+        """Rebuild the exposure cache from the portfolio: lots, marks, FX rates, sums.
+        O(accounts × instruments)."""
+        self._cfx[:] = self.portfolio.fx
+        k.refresh(self._st)
+
+    def validate(self) -> None:
+        """Check the exposure cache: cached lots are the portfolio's (every change touched), marks
+        its reference prices (every move repriced), FX its rates, and the sums those a rebuild
+        gives. Raises AssertionError naming the first difference; the cache is left as it was.
+        O(accounts × instruments)."""
+        kept = [a.copy() for a in self._cache_arrays()]
+        self.refresh()
+        rebuilt = [a.copy() for a in self._cache_arrays()]
+        for array, old in zip(self._cache_arrays(), kept, strict=True):
+            array[...] = old
+        names = ("mark", "fx", "long lots", "short lots", "exposure sums", "holders")
+        for name, old, new in zip(names, kept, rebuilt, strict=True):
+            differ = old != new
+            if old.dtype.kind == "f":
+                differ &= ~(np.isnan(old) & np.isnan(new))
+            if differ.any():
+                bad = tuple(np.argwhere(differ)[0].tolist())
+                raise AssertionError(f"risk exposure cache: {name} at {bad} is {old[bad]}, a rebuild "
+                                     f"from the portfolio gives {new[bad]}")
+
+    def _cache_arrays(self) -> list[np.ndarray]:
+        return [self._mark, self._cfx, self._c_long, self._c_short, self._expo, self._holders]
 
     # -- CONTROLS (validate everything, then change) ----------------------------------------------
 
@@ -621,8 +698,8 @@ class RiskEngine:
     # -- QUERIES --------------------------------------------------------------------------------
 
     def view(self, account: str | None = None) -> RiskView:
-        """Limits in force, kill switches, states and utilisation; one account or all.
-        O(accounts × instruments)."""
+        """Limits in force, kill switches, states and utilisation (exposure at the cached marks);
+        one account or all. O(accounts × instruments)."""
         if account is not None and account not in self._account_index:
             raise KeyError(f"unknown account {account!r}")
         as_of = int(self._ring.max()) if len(self._ring) else 0
@@ -697,7 +774,8 @@ class RiskEngine:
         return msgspec.msgpack.encode(state)
 
     def load(self, data: bytes) -> None:
-        """Replace the run-time state with a dump's; the configuration stays this engine's."""
+        """Replace the run-time state with a dump's; the configuration stays this engine's. The
+        exposure cache is rebuilt from the portfolio (load that first)."""
         state = msgspec.msgpack.decode(data, type=_Dump)
         self._overrides = {}
         for account, symbol, name, value in state.limits:
@@ -713,6 +791,7 @@ class RiskEngine:
         self._user_index = {u: n for n, u in enumerate(users)}
         self._user_cap = max(16, 1 << max(len(users) - 1, 0).bit_length())
         self._rebuild_from({(who, name, kind): list(ts) for who, name, kind, ts in state.windows})
+        self.refresh()
 
     def _rebuild_from(self, windows: dict) -> None:
         self._wmeta = np.zeros((0, k.N_WINDOW_COLS), dtype=np.int64)
@@ -729,66 +808,106 @@ class RiskEngine:
             return RejectCode.RISK_NO_LIMIT, f"account {account!r} has no risk limits (not configured)"
         return RejectCode.RISK_NO_LIMIT, f"instrument {symbol!r} has no risk limits (not configured)"
 
-    def _text(self, code, out, gross, net, a, i, user, side, price, qty, kind) -> str:
+    def _text_tables(self) -> None:
+        """Names and digits the refusal texts use, as plain lists (no numpy on the deny path)."""
         pf = self.portfolio
-        acc, sym = self._accounts[a], self._symbols[i]
-        where = f"{acc}/{sym}"
-        ccy = pf.currencies[int(pf.inst_currency[i])]
-        base = pf.currencies[int(pf.account_base[a])]
-        value, limit = int(out[k.O_VALUE]), int(out[k.O_LIMIT])
-        window_ms = self.config.throttle_window_ms
-        if code == k.R_KILL_SWITCH:
-            who = ("global kill switch is on", f"kill switch is on for account {acc}",
-                   f"kill switch is on for user {user!r}")[int(out[k.O_WHICH])]
-            return f"{who}: only cancels are accepted"
-        if code == k.R_HALTED:
-            return f"trading is HALTED for {where}: only cancels are accepted"
-        if code == k.R_REDUCE_ONLY:
-            return (f"{where} is REDUCING: only orders that reduce the position are accepted "
-                    f"(position {int(pf.position[a, i])}, working buy {int(pf.working_buy[a, i])}, "
-                    f"working sell {int(pf.working_sell[a, i])}, order {'buy' if side == BUY else 'sell'} {qty})")
-        if code in (k.R_ORDER_RATE, k.R_MODIFY_RATE):
-            what = "orders" if kind == k.K_SUBMIT else "modifies"
-            who = f"account {acc}" if out[k.O_WHICH] == k.W_ACCOUNT else f"user {user!r}"
-            return f"{who} reached {limit} {what} per {window_ms} ms; expected fewer in the window"
-        if code == k.R_NO_LIMIT:
-            name = _NO_LIMIT_NAMES.get(int(out[k.O_WHICH]), "a")
-            if kind == k.K_MODIFY and out[k.O_WHICH] == 10:
-                name = "max_modifies_per_window (account)"
-            if kind == k.K_MODIFY and out[k.O_WHICH] == 11:
-                name = "max_modifies_per_window (user)"
-            return f"no {name} limit is configured for {where} (fail-closed): set one for it or for '*'"
-        if code == k.R_MAX_ORDER_QTY:
-            return f"qty {value} exceeds max order qty {limit} for {where}"
-        if code == k.R_NO_REFERENCE_PRICE:
-            what = self._symbols[int(out[k.O_INSTRUMENT])]
-            return (f"no reference price (last trade or two-sided quote) for {what}; "
-                    f"{where} needs one to price the order or the account's exposure")
-        if code == k.R_PRICE_COLLAR:
-            ref = int(out[k.O_REF])
-            off = limit * ref // 10_000
-            return (f"price {value} is more than {_amount(limit, 2)}% off the reference {ref} for "
-                    f"{where}: expected {ref - off} to {ref + off} ticks")
-        if code == k.R_MAX_ORDER_NOTIONAL:
-            digits = int(pf.minor[int(pf.inst_currency[i])])
-            return (f"order notional {_amount(value, digits)} {ccy} exceeds max order notional "
-                    f"{_amount(limit, k.NOTIONAL_DIGITS)} {ccy} for {where}")
-        if code == k.R_POSITION_LIMIT:
-            return f"projected position {value} lots exceeds position limit {limit} for {where}"
-        if code in (k.R_GROSS_EXPOSURE, k.R_NET_EXPOSURE):
-            digits = int(pf.minor[int(pf.account_base[a])])
-            what, amount = ("gross", gross) if code == k.R_GROSS_EXPOSURE else ("net", net)
-            return (f"projected {what} exposure {amount / 10**digits:.2f} {base} exceeds max "
-                    f"{_amount(limit, digits)} {base} for account {acc} (order on {sym})")
-        if code == k.R_BUYING_POWER:
-            digits = int(pf.minor[int(pf.inst_currency[i])])
-            return (f"buy needs {_amount(value, digits)} {ccy} but {acc} has "
-                    f"{_amount(limit, digits)} {ccy} available")
-        if code == k.R_NO_FX_RATE:
-            held = self._symbols[int(out[k.O_INSTRUMENT])]
-            held_ccy = pf.currencies[int(pf.inst_currency[int(out[k.O_INSTRUMENT])])]
-            return f"no FX rate {held_ccy}{base} to value {held} in account {acc}'s base currency"
-        return f"order qty must be positive, got {qty}"
+        self._inst_ccy = [pf.currencies[c] for c in pf.inst_currency.tolist()]
+        self._inst_digits = [int(pf.minor[c]) for c in pf.inst_currency.tolist()]
+        self._base_ccy = [pf.currencies[c] for c in pf.account_base.tolist()]
+        self._base_digits = [int(pf.minor[c]) for c in pf.account_base.tolist()]
+        self._texts = {
+            k.R_KILL_SWITCH: self._t_kill_switch, k.R_HALTED: self._t_halted,
+            k.R_REDUCE_ONLY: self._t_reduce_only, k.R_ORDER_RATE: self._t_rate,
+            k.R_MODIFY_RATE: self._t_rate, k.R_NO_LIMIT: self._t_no_limit,
+            k.R_MAX_ORDER_QTY: self._t_max_qty, k.R_NO_REFERENCE_PRICE: self._t_no_reference,
+            k.R_PRICE_COLLAR: self._t_collar, k.R_MAX_ORDER_NOTIONAL: self._t_max_notional,
+            k.R_POSITION_LIMIT: self._t_position, k.R_GROSS_EXPOSURE: self._t_exposure,
+            k.R_NET_EXPOSURE: self._t_exposure, k.R_BUYING_POWER: self._t_buying_power,
+            k.R_NO_FX_RATE: self._t_no_fx,
+        }
+
+    def _text(self, code: int, out, a: int, i: int, user: str, side: int, qty: int,
+              kind: int) -> str:
+        """A refusal's text from its code and the kernel's figures ``out`` (N_OUT ints: a list or
+        a memoryview): built only for a refusal, from nothing the portfolio holds now. O(1)."""
+        text = self._texts.get(code)
+        if text is None:
+            return f"order qty must be positive, got {qty}"
+        return text(code, out, a, i, user, side, qty, kind)
+
+    def _t_kill_switch(self, code, out, a, i, user, side, qty, kind) -> str:
+        which = out[k.O_WHICH]
+        who = ("global kill switch is on" if which == 0 else
+               f"kill switch is on for account {self._accounts[a]}" if which == 1 else
+               f"kill switch is on for user {user!r}")
+        return f"{who}: only cancels are accepted"
+
+    def _t_halted(self, code, out, a, i, user, side, qty, kind) -> str:
+        return f"trading is HALTED for {self._accounts[a]}/{self._symbols[i]}: only cancels are accepted"
+
+    def _t_reduce_only(self, code, out, a, i, user, side, qty, kind) -> str:
+        return (f"{self._accounts[a]}/{self._symbols[i]} is REDUCING: only orders that reduce the "
+                f"position are accepted (position {out[k.O_POSITION]}, working buy "
+                f"{out[k.O_WORKING_BUY]}, working sell {out[k.O_WORKING_SELL]}, order "
+                f"{'buy' if side == BUY else 'sell'} {qty})")
+
+    def _t_rate(self, code, out, a, i, user, side, qty, kind) -> str:
+        what = "orders" if kind == k.K_SUBMIT else "modifies"
+        who = f"account {self._accounts[a]}" if out[k.O_WHICH] == k.W_ACCOUNT else f"user {user!r}"
+        return (f"{who} reached {out[k.O_LIMIT]} {what} per {self.config.throttle_window_ms} ms; "
+                f"expected fewer in the window")
+
+    def _t_no_limit(self, code, out, a, i, user, side, qty, kind) -> str:
+        which = out[k.O_WHICH]
+        name = _NO_LIMIT_NAMES.get(which, "a")
+        if kind == k.K_MODIFY and which in (10, 11):
+            name = f"max_modifies_per_window ({'account' if which == 10 else 'user'})"
+        return (f"no {name} limit is configured for {self._accounts[a]}/{self._symbols[i]} "
+                f"(fail-closed): set one for it or for '*'")
+
+    def _t_max_qty(self, code, out, a, i, user, side, qty, kind) -> str:
+        return (f"qty {out[k.O_VALUE]} exceeds max order qty {out[k.O_LIMIT]} for "
+                f"{self._accounts[a]}/{self._symbols[i]}")
+
+    def _t_no_reference(self, code, out, a, i, user, side, qty, kind) -> str:
+        return (f"no reference price (last trade or two-sided quote) for "
+                f"{self._symbols[out[k.O_INSTRUMENT]]}; {self._accounts[a]}/{self._symbols[i]} "
+                f"needs one to price the order or the account's exposure")
+
+    def _t_collar(self, code, out, a, i, user, side, qty, kind) -> str:
+        ref, limit = out[k.O_REF], out[k.O_LIMIT]
+        off = limit * ref // 10_000
+        return (f"price {out[k.O_VALUE]} is more than {_amount(limit, 2)}% off the reference {ref} "
+                f"for {self._accounts[a]}/{self._symbols[i]}: expected {ref - off} to {ref + off} ticks")
+
+    def _t_max_notional(self, code, out, a, i, user, side, qty, kind) -> str:
+        ccy = self._inst_ccy[i]
+        return (f"order notional {_fixed(out[k.O_VALUE], self._inst_digits[i])} {ccy} exceeds max "
+                f"order notional {_amount(out[k.O_LIMIT], k.NOTIONAL_DIGITS)} {ccy} for "
+                f"{self._accounts[a]}/{self._symbols[i]}")
+
+    def _t_position(self, code, out, a, i, user, side, qty, kind) -> str:
+        return (f"projected position {out[k.O_VALUE]} lots exceeds position limit {out[k.O_LIMIT]} "
+                f"for {self._accounts[a]}/{self._symbols[i]}")
+
+    def _t_exposure(self, code, out, a, i, user, side, qty, kind) -> str:
+        digits, base = self._base_digits[a], self._base_ccy[a]
+        what, amount = (("gross", out[k.O_GROSS]) if code == k.R_GROSS_EXPOSURE
+                        else ("net", out[k.O_NET]))
+        amount /= out[k.O_EXPO_SCALE]
+        return (f"projected {what} exposure {amount / 10**digits:.2f} {base} exceeds max "
+                f"{_amount(out[k.O_LIMIT], digits)} {base} for account {self._accounts[a]} "
+                f"(order on {self._symbols[i]})")
+
+    def _t_buying_power(self, code, out, a, i, user, side, qty, kind) -> str:
+        digits, ccy = self._inst_digits[i], self._inst_ccy[i]
+        return (f"buy needs {_fixed(out[k.O_VALUE], digits)} {ccy} but {self._accounts[a]} has "
+                f"{_fixed(out[k.O_LIMIT], digits)} {ccy} available")
+
+    def _t_no_fx(self, code, out, a, i, user, side, qty, kind) -> str:
+        held = out[k.O_INSTRUMENT]
+        return (f"no FX rate {self._inst_ccy[held]}{self._base_ccy[a]} to value "
+                f"{self._symbols[held]} in account {self._accounts[a]}'s base currency")
 
 
 # -- HELPERS ---------------------------------------------------------------------------------------
@@ -834,6 +953,14 @@ def _opt(value: int) -> int | None:
 
 
 def _amount(value: int, digits: int) -> str | None:
-    if value == k.UNSET:
-        return None
-    return str(Decimal(int(value)).scaleb(-digits))
+    """A limit in units of 10**-digits as a decimal string; None if unset."""
+    return None if value == k.UNSET else _fixed(int(value), digits)
+
+
+def _fixed(value: int, digits: int) -> str:
+    """``value`` × 10**-digits with exactly ``digits`` decimals, as ``str(Decimal.scaleb)`` gives
+    for 0 to 6 digits ("-0.05", "12.3400", "7"). Integer arithmetic only."""
+    if digits == 0:
+        return str(value)
+    whole, frac = divmod(-value if value < 0 else value, 10**digits)
+    return f"{'-' if value < 0 else ''}{whole}.{frac:0{digits}d}"

@@ -7,10 +7,16 @@ current positions, working lots, cash and prices.
 
 Functions here never raise and never allocate on the per-order path; they return an int code
 (``OK`` or a ``RejectCode.RISK_*`` value) and leave the figures a refusal's text needs in
-``state.out`` (int64) and ``state.outf`` (float64).
+``state.out`` (int64; the exposure figures also in ``state.outf``, float64).
+
+Exposure is O(1) per order: the state caches, per account, the sums the exposure check needs
+(see EXPOSURE CACHE below), kept by ``touch_cell`` / ``reprice`` / ``refresh`` and read by
+``exposure``, which adds only the checked order's cell delta.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, types
@@ -84,7 +90,8 @@ G_USER_ORDER_RATE = 4  # the "*" user's limits, for users not registered yet
 G_USER_MODIFY_RATE = 5
 G_N_ACCOUNTS = 6
 G_USER_CAP = 7  # rows reserved for users (windows: see entity layout)
-N_GLOBAL_COLS = 8
+G_CELL_CAP = 8  # the largest cached cell term (QSCALE units) that keeps every sum inside int64
+N_GLOBAL_COLS = 9
 
 # -- USER COLUMNS ----------------------------------------------------------------------------
 
@@ -110,7 +117,13 @@ O_LIMIT = 1
 O_INSTRUMENT = 2  # which instrument lacked a price or FX rate
 O_REF = 3  # reference price used
 O_WHICH = 4  # which limit / entity: see risk.engine
-N_OUT = 5
+O_GROSS = 5  # projected gross exposure in 1/O_EXPO_SCALE base minor units (saturated)
+O_NET = 6  # projected net exposure, likewise
+O_POSITION = 7  # the cell before the order: position, working buy and sell lots
+O_WORKING_BUY = 8
+O_WORKING_SELL = 9
+O_EXPO_SCALE = 10  # QSCALE (the exact integer sums) or 1 (the float scan of HUGE cells)
+N_OUT = 11
 
 W_ACCOUNT = 0
 W_USER = 1
@@ -120,10 +133,38 @@ K_MODIFY = 1
 
 SATURATED = 2**62  # a notional too large for int64 arithmetic: exceeds every limit
 
+# -- EXPOSURE CACHE ------------------------------------------------------------------------------
+# Per account × instrument the lots last valued, L = position + working buys and
+# S = position - working sells (``c_long``, ``c_short``); per instrument the mark they were valued
+# at (``mark``: the reference price at the last reprice/refresh, 0 = none); per currency pair the
+# FX rate (``cfx``: ``Portfolio.fx`` at the last refresh). Per account (``expo``) the exact
+# integer sums over its held cells of each cell's terms, each term rounded to 1/QSCALE of a base
+# minor unit: gross max(|L|, |S|) × v, long L × v, short S × v (v = one lot at the mark, in base
+# minor units); and counts of held cells that cannot be valued (no mark, no FX) or whose term is
+# too large for the sums (HUGE). Integer sums are exact, so any order of touches and reprices
+# gives the very sums a full rebuild gives: no drift.
+
+QBITS = 8
+QSCALE = 1 << QBITS  # exposure sums are kept in 1/256 of a minor unit of the base currency
+
+X_GROSS = 0
+X_LONG = 1
+X_SHORT = 2
+X_NO_MARK = 3  # held cells whose instrument had no mark at the last reprice
+X_NO_FX = 4  # held cells with no FX rate to the account's base currency
+X_HUGE = 5  # held cells whose gross term exceeds G_CELL_CAP (valued by the float scan instead)
+N_EXPO_COLS = 6
+
+CS_EMPTY = -1  # cell status: nothing held (L = S = 0)
+CS_OK = 0
+CS_NO_MARK = 1
+CS_NO_FX = 2
+CS_HUGE = 3
+
 _FIELDS = [
     "position", "working_buy", "working_sell", "cash", "held", "bid", "ask", "last", "fx",
     "lim_cell", "lim_rows", "acct", "inst", "cell_state", "glob", "users", "wmeta", "ring",
-    "scale", "out", "outf",
+    "scale", "out", "outf", "mark", "cfx", "c_long", "c_short", "expo", "holders",
 ]
 
 
@@ -273,6 +314,9 @@ def check(st, kind, a, i, u, side, otype, price, stop, qty, qty_before, leaves_b
     if state == HALTED:
         return R_HALTED
     pos = st.position[a, i]
+    out[O_POSITION] = pos
+    out[O_WORKING_BUY] = st.working_buy[a, i]
+    out[O_WORKING_SELL] = st.working_sell[a, i]
     if side == BUY:
         working = st.working_buy[a, i] - leaves_before + leaves_after
         reducing = pos < 0 and working <= -pos
@@ -376,13 +420,170 @@ def check(st, kind, a, i, u, side, otype, price, stop, qty, qty_before, leaves_b
 
 
 @njit(cache=True)
+def lot_value(st, j, mark, base):
+    """One lot of instrument ``j`` at ``mark`` in minor units of currency ``base`` (float; NaN
+    without an FX rate in ``cfx``)."""
+    c = st.inst[j, I_CCY]
+    return (float(mark) * float(st.inst[j, I_NUM]) / float(st.inst[j, I_DEN]) * st.cfx[c, base]
+            * st.scale[c, base])
+
+
+@njit(cache=True)
+def _quantize(x):
+    return np.int64(math.floor(x * QSCALE + 0.5))
+
+
+@njit(cache=True)
+def cell_terms(st, j, long_, short, mark, base):
+    """(status, gross, long, short): one cell's exposure terms at ``mark`` in QSCALE units of the
+    base currency's minor units; status CS_EMPTY / CS_NO_MARK / CS_NO_FX / CS_HUGE leave the
+    terms 0. Deterministic: the same inputs always give the same integers. O(1)."""
+    if long_ == 0 and short == 0:
+        return CS_EMPTY, 0, 0, 0
+    if mark <= 0:
+        return CS_NO_MARK, 0, 0, 0
+    if np.isnan(st.cfx[st.inst[j, I_CCY], base]):
+        return CS_NO_FX, 0, 0, 0
+    v = lot_value(st, j, mark, base)
+    g = max(abs(long_), abs(short)) * v
+    if not g * QSCALE < st.glob[G_CELL_CAP]:  # also catches inf and NaN
+        return CS_HUGE, 0, 0, 0
+    return CS_OK, _quantize(g), _quantize(long_ * v), _quantize(short * v)
+
+
+@njit(cache=True)
+def _apply_cell(st, a, j, long_, short, mark, sign):
+    """Add (sign 1) or remove (sign -1) one cell's terms to its account's cached sums."""
+    status, g, lo, sh = cell_terms(st, j, long_, short, mark, st.acct[a, A_BASE])
+    if status == CS_EMPTY:
+        return
+    st.holders[j] += sign
+    x = st.expo[a]
+    if status == CS_OK:
+        x[X_GROSS] += sign * g
+        x[X_LONG] += sign * lo
+        x[X_SHORT] += sign * sh
+    elif status == CS_NO_MARK:
+        x[X_NO_MARK] += sign
+    elif status == CS_NO_FX:
+        x[X_NO_FX] += sign
+    else:
+        x[X_HUGE] += sign
+
+
+@njit(cache=True)
+def touch_cell(st, a, j):
+    """Revalue cell (a, j) after its position or working lots changed, at the cached mark. O(1)."""
+    long_ = st.position[a, j] + st.working_buy[a, j]
+    short = st.position[a, j] - st.working_sell[a, j]
+    old_long = st.c_long[a, j]
+    old_short = st.c_short[a, j]
+    if long_ == old_long and short == old_short:
+        return
+    mark = st.mark[j]
+    _apply_cell(st, a, j, old_long, old_short, mark, -1)
+    _apply_cell(st, a, j, long_, short, mark, 1)
+    st.c_long[a, j] = long_
+    st.c_short[a, j] = short
+
+
+@njit(cache=True)
+def reprice(st, changed):
+    """Move the cached mark of each instrument flagged in ``changed`` (bool per instrument) to its
+    reference price now, revaluing the accounts that hold it. Returns the instruments whose mark
+    moved. O(instruments + accounts × moved instruments held by anyone)."""
+    n_a = st.c_long.shape[0]
+    moved = 0
+    for j in range(changed.shape[0]):
+        if not changed[j]:
+            continue
+        new = reference_price(st, j)
+        old = st.mark[j]
+        if new == old:
+            continue
+        moved += 1
+        if st.holders[j] == 0:
+            st.mark[j] = new
+            continue
+        for a in range(n_a):
+            long_ = st.c_long[a, j]
+            short = st.c_short[a, j]
+            if long_ == 0 and short == 0:
+                continue
+            _apply_cell(st, a, j, long_, short, old, -1)
+            _apply_cell(st, a, j, long_, short, new, 1)
+        st.mark[j] = new
+    return moved
+
+
+@njit(cache=True)
+def refresh(st):
+    """Rebuild the whole cache from the portfolio: marks, lots, sums (``cfx`` is set by the
+    caller). O(accounts × instruments)."""
+    n_a, n_i = st.c_long.shape
+    st.expo[:] = 0
+    st.holders[:] = 0
+    for j in range(n_i):
+        st.mark[j] = reference_price(st, j)
+    for a in range(n_a):
+        for j in range(n_i):
+            long_ = st.position[a, j] + st.working_buy[a, j]
+            short = st.position[a, j] - st.working_sell[a, j]
+            st.c_long[a, j] = long_
+            st.c_short[a, j] = short
+            if long_ != 0 or short != 0:
+                _apply_cell(st, a, j, long_, short, st.mark[j], 1)
+    return n_a * n_i
+
+
+@njit(cache=True)
+def _exceeds(q, limit):
+    """q (QSCALE units, >= 0) > limit (minor units, >= 0), exactly."""
+    whole = q >> QBITS
+    return whole > limit or (whole == limit and (q & (QSCALE - 1)) != 0)
+
+
+@njit(cache=True)
+def _judge(st, gross, long_, short, max_gross, max_net):
+    net = max(abs(long_), abs(short))
+    st.out[O_GROSS] = gross
+    st.out[O_NET] = net
+    st.out[O_EXPO_SCALE] = QSCALE
+    st.outf[0] = gross / QSCALE
+    st.outf[1] = net / QSCALE
+    if _exceeds(gross, max_gross):
+        st.out[O_LIMIT] = max_gross
+        return R_GROSS_EXPOSURE
+    if _exceeds(net, max_net):
+        st.out[O_LIMIT] = max_net
+        return R_NET_EXPOSURE
+    return OK
+
+
+@njit(cache=True)
+def _order_cell(st, a, i, side, add):
+    long_ = st.position[a, i] + st.working_buy[a, i]
+    short = st.position[a, i] - st.working_sell[a, i]
+    if side == BUY:
+        long_ += add
+    else:
+        short -= add
+    return long_, short
+
+
+@njit(cache=True)
 def exposure(st, a, i, side, add, own_px):
     """Projected gross and net exposure of account ``a`` with ``add`` more lots working on
-    ``side`` of instrument ``i``, in minor units of the account's base currency. O(instruments).
+    ``side`` of instrument ``i``, in minor units of the account's base currency. O(1): the
+    account's cached sums with cell i replaced by its live lots plus the order's.
 
-    Per instrument j, with v_j the value of one lot at j's reference price in base minor units,
+    Per instrument j, with v_j the value of one lot at j's cached mark in base minor units,
     L_j = position + working buys and S_j = position - working sells (this order included):
-    gross = sum_j max(|L_j|, |S_j|) * v_j, net = max(|sum_j L_j v_j|, |sum_j S_j v_j|).
+    gross = sum_j max(|L_j|, |S_j|) * v_j, net = max(|sum_j L_j v_j|, |sum_j S_j v_j|), each
+    term rounded to 1/QSCALE of a minor unit. A held instrument with no mark (the order's own
+    instrument is valued at ``own_px`` then, if > 0) or no FX rate denies. Accounts holding a
+    cell that cannot be valued or is HUGE take ``exposure_scan`` (O(instruments)), which names
+    the first such instrument as before.
     """
     max_gross = st.acct[a, A_MAX_GROSS]
     max_net = st.acct[a, A_MAX_NET]
@@ -392,51 +593,93 @@ def exposure(st, a, i, side, add, own_px):
     if max_net == UNSET:
         st.out[O_WHICH] = 13
         return R_NO_LIMIT
+    x = st.expo[a]
+    if x[X_NO_MARK] != 0 or x[X_NO_FX] != 0 or x[X_HUGE] != 0:
+        return exposure_scan(st, a, i, side, add, own_px)
     base = st.acct[a, A_BASE]
-    gross = 0.0
-    net_long = 0.0
-    net_short = 0.0
-    pos_row = st.position[a]
-    wb_row = st.working_buy[a]
-    ws_row = st.working_sell[a]
-    for j in range(pos_row.shape[0]):
-        p = pos_row[j]
-        b = wb_row[j]
-        s = ws_row[j]
+    mark = st.mark[i]
+    _s, old_g, old_l, old_s = cell_terms(st, i, st.c_long[a, i], st.c_short[a, i], mark, base)
+    long_, short = _order_cell(st, a, i, side, add)
+    status, g, lo, sh = cell_terms(st, i, long_, short, mark if mark > 0 else own_px, base)
+    if status == CS_NO_MARK:
+        st.out[O_INSTRUMENT] = i
+        return R_NO_REFERENCE_PRICE
+    if status == CS_NO_FX:
+        st.out[O_INSTRUMENT] = i
+        return R_NO_FX_RATE
+    if status == CS_HUGE:
+        return exposure_scan(st, a, i, side, add, own_px)
+    return _judge(st, x[X_GROSS] - old_g + g, x[X_LONG] - old_l + lo, x[X_SHORT] - old_s + sh,
+                  max_gross, max_net)
+
+
+@njit(cache=True)
+def exposure_scan(st, a, i, side, add, own_px):
+    """``exposure`` by a scan of the account's cached cells (cell i live plus the order), in
+    instrument order: the first held instrument with no mark or FX rate denies. Gives the same
+    answer as ``exposure``; with a HUGE cell the sums are float64 (int64 would overflow).
+    O(instruments)."""
+    base = st.acct[a, A_BASE]
+    gross = np.int64(0)
+    net_long = np.int64(0)
+    net_short = np.int64(0)
+    gross_f = 0.0
+    long_f = 0.0
+    short_f = 0.0
+    huge = False
+    for j in range(st.c_long.shape[1]):
+        mark = st.mark[j]
         if j == i:
-            if side == BUY:
-                b += add
-            else:
-                s += add
-        if p == 0 and b == 0 and s == 0:
+            long_, short = _order_cell(st, a, i, side, add)
+            if mark <= 0:
+                mark = own_px
+        else:
+            long_ = st.c_long[a, j]
+            short = st.c_short[a, j]
+        status, g, lo, sh = cell_terms(st, j, long_, short, mark, base)
+        if status == CS_EMPTY:
             continue
-        mark = reference_price(st, j)
-        if mark == 0:
-            if j != i or own_px <= 0:
-                st.out[O_INSTRUMENT] = j
-                return R_NO_REFERENCE_PRICE
-            mark = own_px
-        c = st.inst[j, I_CCY]
-        f = st.fx[c, base]
-        if np.isnan(f):
+        if status == CS_NO_MARK:
+            st.out[O_INSTRUMENT] = j
+            return R_NO_REFERENCE_PRICE
+        if status == CS_NO_FX:
             st.out[O_INSTRUMENT] = j
             return R_NO_FX_RATE
-        v = float(mark) * float(st.inst[j, I_NUM]) / float(st.inst[j, I_DEN]) * f * st.scale[c, base]
-        long_ = p + b
-        short = p - s
-        gross += max(abs(long_), abs(short)) * v
-        net_long += long_ * v
-        net_short += short * v
-    net = max(abs(net_long), abs(net_short))
-    st.outf[0] = gross
-    st.outf[1] = net
-    if gross > float(max_gross):
+        if status == CS_HUGE:
+            huge = True
+        else:
+            gross += g
+            net_long += lo
+            net_short += sh
+        v = lot_value(st, j, mark, base)
+        gross_f += max(abs(long_), abs(short)) * v
+        long_f += long_ * v
+        short_f += short * v
+    max_gross = st.acct[a, A_MAX_GROSS]
+    max_net = st.acct[a, A_MAX_NET]
+    if not huge:
+        return _judge(st, gross, net_long, net_short, max_gross, max_net)
+    net_f = max(abs(long_f), abs(short_f))
+    st.outf[0] = gross_f
+    st.outf[1] = net_f
+    st.out[O_GROSS] = _saturate(gross_f)
+    st.out[O_NET] = _saturate(net_f)
+    st.out[O_EXPO_SCALE] = 1
+    if gross_f > float(max_gross):
         st.out[O_LIMIT] = max_gross
         return R_GROSS_EXPOSURE
-    if net > float(max_net):
+    if net_f > float(max_net):
         st.out[O_LIMIT] = max_net
         return R_NET_EXPOSURE
     return OK
+
+
+@njit(cache=True)
+def _saturate(x):
+    """x (>= 0) rounded to an int64, SATURATED past 4e18."""
+    if not x < 4.0e18:
+        return SATURATED
+    return np.int64(math.floor(x + 0.5))
 
 
 @njit(cache=True)
@@ -461,9 +704,10 @@ def note_command(st, kind, a, u, ts):
 def check_batch(st, cmds, codes, outs, undo, held_undo):
     """Check ``cmds`` (rows: a, i, u, side, otype, price, stop, qty, ts) in order, as if each
     passed command were noted in the throttle windows and opened in the portfolio (its lots
-    working, a buy's notional held) before the next is checked; every such change is undone
-    before returning, so the state is as it was. ``codes[k]`` gets command k's code and
-    ``outs[k]`` its refusal figures. ``undo`` (n × 6) and ``held_undo`` (n) are scratch.
+    working, a buy's notional held, its cell touched in the exposure cache) before the next is
+    checked; every such change is undone before returning, so the state is as it was (the
+    cache's integer sums return exactly). ``codes[k]`` gets command k's code and ``outs[k]``
+    (n × N_OUT) its refusal figures. ``undo`` (n × 6) and ``held_undo`` (n) are scratch.
     """
     n = cmds.shape[0]
     done = 0
@@ -479,9 +723,7 @@ def check_batch(st, cmds, codes, outs, undo, held_undo):
         ts = cmds[k, 8]
         code = check(st, K_SUBMIT, a, i, u, side, otype, price, stop, qty, 0, 0, qty, 0, 1, ts)
         codes[k] = code
-        outs[k, :N_OUT] = st.out
-        outs[k, N_OUT] = np.int64(st.outf[0])
-        outs[k, N_OUT + 1] = np.int64(st.outf[1])
+        outs[k, :] = st.out
         if code != OK:
             continue
         # note the throttles, remembering what each write replaced
@@ -504,6 +746,7 @@ def check_batch(st, cmds, codes, outs, undo, held_undo):
         else:
             st.working_sell[a, i] += qty
             held_undo[done] = 0
+        touch_cell(st, a, i)
         done += 1
     # undo in reverse order
     k = n - 1
@@ -518,6 +761,7 @@ def check_batch(st, cmds, codes, outs, undo, held_undo):
             st.held[a, st.inst[i, I_CCY]] -= held_undo[done]
         else:
             st.working_sell[a, i] -= cmds[k, 7]
+        touch_cell(st, a, i)
         for slot in (1, 0):
             e = undo[done, 3 * slot]
             if e >= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from engine.constants import OrderType, RejectCode, Side
@@ -57,6 +58,13 @@ def order_of(cmd: SubmitOrder, order_id: int = 1, cum_qty: int = 0) -> Order:
 
 def code(refusal):
     return None if refusal is None else refusal[0]
+
+
+def only(*instruments: int) -> np.ndarray:
+    """A ``reprice`` argument flagging ``instruments``."""
+    changed = np.zeros(len(REF.by_index), dtype=np.bool_)
+    changed[list(instruments)] = True
+    return changed
 
 
 # -- ORDER SIZE, NOTIONAL, COLLAR ------------------------------------------------------------------
@@ -189,6 +197,8 @@ def test_gross_exposure_counts_working_orders_and_both_sides():
     risk.set_limit("FUND1", "*", "max_gross_exposure", "10000.00")
     pf.position[FUND1, MSFT] = -20  # 20 × 200.00 = 4000 short
     pf.working_buy[FUND1, AAPL] = 50  # 5000 long if filled
+    risk.touch(FUND1, MSFT)  # as the pipeline's risk stage does after every change to a cell
+    risk.touch(FUND1, AAPL)
     assert risk.check_submit(buy(10)) is None  # 4000 + 6000
     assert code(risk.check_submit(buy(11))) == RejectCode.RISK_GROSS_EXPOSURE
 
@@ -197,6 +207,7 @@ def test_buy_when_net_exposure_exceeds_limit_then_denied_while_hedging_sell_pass
     risk, pf = make_engine()
     risk.set_limit("FUND1", "*", "max_net_exposure", "10000")
     pf.position[FUND1, AAPL] = 100  # 10000 USD long
+    risk.touch(FUND1, AAPL)
     assert code(risk.check_submit(buy(1, symbol="MSFT", price=20_000))) == RejectCode.RISK_NET_EXPOSURE
     assert risk.check_submit(sell(40, symbol="MSFT", price=20_000)) is None  # net long 2000
 
@@ -212,6 +223,8 @@ def test_exposure_when_held_instrument_has_no_price_then_denied():
     risk, pf = make_engine()
     pf.position[FUND1, MSFT] = 10
     pf.last[MSFT] = 0
+    risk.touch(FUND1, MSFT)
+    risk.reprice(only(MSFT))  # the price change reaches risk's marks
     refusal = risk.check_submit(buy(1))
     assert code(refusal) == RejectCode.RISK_NO_REFERENCE_PRICE and "MSFT" in refusal[1]
 

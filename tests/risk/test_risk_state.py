@@ -97,6 +97,7 @@ def test_control_when_invalid_then_refused_with_reason():
 def test_view_reports_limits_states_and_utilisation():
     risk, pf = make_engine()
     pf.position[0, 0] = 10
+    risk.touch(0, 0)
     risk.set_trading_state("FUND1", "AAPL", "REDUCING")
     risk.note_submit(buy(1, ts=5))
     view = risk.view("FUND1")
@@ -145,6 +146,7 @@ def _engine_for_batch():
     pf.tick(4, 1_990, 2_010, 0, 1)  # 7203 quoted only
     pf.position[0, 1] = 120
     pf.position[2, 0] = -300
+    risk.refresh()  # the portfolio changed after the engine was built
     return risk, pf
 
 
@@ -175,11 +177,13 @@ def test_batch_when_seeded_random_stream_then_same_answers_as_per_order_path():
 
 
 def _open(risk: RiskEngine, cmd: SubmitOrder) -> None:
+    """What the pipeline does for a passed order: open it, then (risk stage note) touch its cell."""
     oid = len(risk.portfolio._hold_px) + 10_000 + cmd.ts
-    risk.portfolio.open(Order(oid, cmd.account, cmd.cl_ord_id, cmd.symbol,
-                              REF.instruments[cmd.symbol].index, cmd.side, cmd.order_type, cmd.tif,
-                              cmd.price, cmd.stop_price, cmd.qty, 0, False, 0, cmd.ts,
-                              OrderStatus.NEW))
+    instrument = REF.instruments[cmd.symbol].index
+    risk.portfolio.open(Order(oid, cmd.account, cmd.cl_ord_id, cmd.symbol, instrument, cmd.side,
+                              cmd.order_type, cmd.tif, cmd.price, cmd.stop_price, cmd.qty, 0, False,
+                              0, cmd.ts, OrderStatus.NEW))
+    risk.touch(REF.account_index[cmd.account], instrument)
 
 
 def test_generous_config_is_a_valid_starting_point():
