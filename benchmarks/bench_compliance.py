@@ -5,8 +5,10 @@
 A seeded book of 1,000 rules, 1,000 accounts (50 funds of 20), 2,000 instruments and 10,000
 positions (plus working orders), every rule kind present.
 
-- pre-trade: ``check_order`` per order (Python call included), p50 / p99 / p99.9 in ns, against
-  a baseline measured in the same run: the same compiled entry point on a kernel that returns at
+- pre-trade: ``check_order`` per order (Python call included), p50 / p99 / p99.9 in ns, alone and
+  with what stage 4 (compliance/stage.py) then reads: a HARD outcome's code and text, a SOFT / WARN
+  outcome's failures with their texts (so work deferred to first access is timed too); against a
+  baseline measured in the same run: the same compiled entry point on a kernel that returns at
   once (the floor of a jitted call with these arguments); ``check_batch`` throughput;
 - post-trade: ``recheck`` after a price batch moving every instrument (and one moving 5 %),
   p50 / p99 in µs, against a dense numpy revaluation of every position (the naive baseline);
@@ -127,6 +129,18 @@ def _floor(IB, FB, pos, wsell, a, i, side, qty, price, full):
     return 0
 
 
+def _stage_reads(out) -> object:
+    """What compliance/stage.py reads of an outcome (HARD: code and text; SOFT / WARN: every
+    failure's fields and text, and the worst one)."""
+    if out.severity == 0:
+        return None
+    if out.severity == 3:
+        return out.code, out.text
+    failed = out.failures
+    worst = max(failed, key=lambda e: e.severity)
+    return [(e.rule_id, e.version, e.severity, e.code, e.text, e.value, e.limit) for e in failed], worst
+
+
 def pre_trade(cr: ComplianceRules, pf: Portfolio, orders: np.ndarray, n: int) -> dict:
     args = (cr.IB, cr.FB, pf.position, pf.working_sell, 0, 0, 0, 1, 1, 0)
     _floor(*args)
@@ -135,7 +149,7 @@ def pre_trade(cr: ComplianceRules, pf: Portfolio, orders: np.ndarray, n: int) ->
     check, clock = cr.check_order, time.perf_counter_ns
     IB, FB, pos, ws = cr.IB, cr.FB, pf.position, pf.working_sell
     rows = orders[:n].tolist()
-    times, base, sev = [], [], []
+    times, read, base, sev = [], [], [], []
     gc.collect()
     gc.disable()  # the engine's loop runs with the cyclic GC out of the way (see the report)
     try:
@@ -145,13 +159,17 @@ def pre_trade(cr: ComplianceRules, pf: Portfolio, orders: np.ndarray, n: int) ->
             t1 = clock()
             out = check(a, i, side, qty, price)
             t2 = clock()
+            _stage_reads(out)
+            t3 = clock()
             base.append(t1 - t0)
             times.append(t2 - t1)
+            read.append(t3 - t1)
             sev.append(out.severity)
     finally:
         gc.enable()
     sev = np.asarray(sev)
     times = np.asarray(times)
+    read = np.asarray(read)
     outcomes = np.bincount(sev, minlength=4)
     t0 = time.perf_counter()
     result = cr.check_batch(orders)
@@ -166,6 +184,9 @@ def pre_trade(cr: ComplianceRules, pf: Portfolio, orders: np.ndarray, n: int) ->
         "check_order_ns": lat,
         "check_order_passing_ns": _percentiles(times[sev == 0]),
         "check_order_failing_ns": _percentiles(times[sev > 0]) if (sev > 0).any() else None,
+        "with_stage_reads_ns": _percentiles(read),
+        "with_stage_reads_passing_ns": _percentiles(read[sev == 0]),
+        "with_stage_reads_failing_ns": _percentiles(read[sev > 0]) if (sev > 0).any() else None,
         "baseline_empty_kernel_call_ns": flo,
         "ratio_p50": lat["p50"] / flo["p50"],
         "outcomes_pass_warn_soft_hard": outcomes.tolist(),
@@ -187,6 +208,7 @@ def post_trade(cr: ComplianceRules, pf: Portfolio, rng, batches: int) -> dict:
             drift = rng.integers(-30, 31, n_inst)
             new = np.maximum(pf.last + np.where(moved, drift, 0), 100)
             pf.last[:] = new
+            pf.refresh_marks()  # as the batch's ticks would have
             t0 = time.perf_counter_ns()
             transitions += len(cr.recheck(moved if frac < 1 else everything))
             t1 = time.perf_counter_ns()

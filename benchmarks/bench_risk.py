@@ -198,7 +198,7 @@ def upkeep(risk: RiskEngine, rng: random.Random) -> dict:
     reprices = []
     for _ in range(2_000):
         i = rng.randrange(N_INSTRUMENTS)
-        pf.last[i] += rng.choice([-1, 1])
+        pf.tick(i, 0, 0, int(pf.last[i]) + rng.choice([-1, 1]), 2)
         one[i] = True
         t0 = clock()
         reprice(one)

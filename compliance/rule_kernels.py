@@ -93,6 +93,8 @@ H_CASH_SCALE = 32
 H_ENT_F = 33
 H_AGG = 34
 H_OUT = 35
+H_WORST = 36  # check_order: the OUT row of the worst failing evaluation (-1 none)
+H_VOTE = 37  # per (entity, issuer): Act40 voting-share test, cached (_votes)
 H_NCOLS = 40
 
 # -- COLUMNS -------------------------------------------------------------------------------------
@@ -147,7 +149,8 @@ EI_NI = 6  # instruments listed in ILIST this epoch
 EI_DIMS = 7  # the aggregates this entity's rules read (D_* bits); nothing else is kept
 EI_STALE = 8  # 1: aggregates must be re-summed from the holdings (FX moved, a mark appeared...)
 EI_DELTAS = 9  # price batches applied as deltas since the last re-sum
-EI_NCOLS = 10
+EI_UNITS_DIRTY = 10  # 1: lots changed since the last recheck (shares_outstanding re-evaluated)
+EI_NCOLS = 11
 
 MAX_DELTAS = 1024  # re-sum an entity after this many delta revaluations (bounds float drift)
 
@@ -157,9 +160,11 @@ D_COUNTRY = 4
 D_CLASS = 8
 D_UNITS = 16  # lots per instrument
 D_NAV = 32
+D_VOTES = 64  # an Act40 rule: VOTE caches its voting-share test per issuer
 
 EF_NAV = 0
-EF_NCOLS = 1
+EF_VOTE_PCT = 1  # voting_pct of the entity's first Act40 rule: the one VOTE caches (NaN none)
+EF_NCOLS = 2
 
 AG_POS = 0
 AG_WB = 1
@@ -277,6 +282,9 @@ def _add_cell(hd, IB, FB, s, i, pos, wb, ws, sign):
         _touch_inst(hd, IB, s, i)
         IB[hd[H_UP] + s * N + i] += sign * pos
         IB[hd[H_UW] + s * N + i] += sign * wb
+        IB[hd[H_ENT_I] + s * EI_NCOLS + EI_UNITS_DIRTY] = 1
+        if dims & D_VOTES:
+            IB[hd[H_VOTE] + s * hd[H_U] + IB[oi + IN_ISSUER]] = 0
 
 
 @njit(cache=True, inline="always")
@@ -344,35 +352,57 @@ def touch_cell(IB, FB, pos, wbuy, wsell, cash, a, i):
     return ST_OK
 
 
+M_NONE = 0  # revalue: instrument neither flagged nor moved
+M_FLAGGED = 1  # flagged (fills, ticks) but its mark did not move: holders are re-evaluated only
+M_DELTA = 2  # mark moved between two known values: holders shift by the delta
+M_JUMP = 3  # mark appeared or vanished: holders are re-summed
+
+VALUE_DIMS = D_ISSUER | D_SECTOR | D_COUNTRY | D_CLASS | D_NAV
+
+
 @njit(cache=True)
-def revalue(IB, FB, marks, changed, fx_moved):
-    """Store new marks and move the aggregates by the mark deltas of the holdings in instruments
-    whose mark moved: O(holdings). Entities holding an instrument flagged in ``changed`` (or
-    whose mark moved) become due for post-trade evaluation; a mark appearing or vanishing, an
-    FX move, or MAX_DELTAS batches make an entity stale (re-summed by recompute_stale)."""
+def revalue(IB, FB, marks, fx, changed):
+    """Store new marks and FX rates and move the aggregates by the mark deltas of the holdings in
+    instruments whose mark moved: O(instruments + holdings). Entities holding an instrument
+    flagged in ``changed`` (or whose mark moved) become due for post-trade evaluation; a mark
+    appearing or vanishing, an FX move, or MAX_DELTAS batches make an entity stale (re-summed by
+    recompute_stale). ``changed`` is only read. Returns 1 if FX moved, else 0."""
     hd = _offsets(IB)
     N, C, E = hd[H_N], hd[H_C], hd[H_E]
-    om, oinst, oe0 = hd[H_MARK], hd[H_INST], hd[H_ENT_I]
-    dm = np.zeros(N, dtype=np.float64)
-    jump = np.zeros(N, dtype=np.bool_)
+    om, ofx, ounit, oinst, oe0 = hd[H_MARK], hd[H_FX], hd[H_UNIT], hd[H_INST], hd[H_ENT_I]
+    fx_moved = False
+    for c in range(C):
+        for d in range(C):
+            old, new = FB[ofx + c * C + d], fx[c, d]
+            if old != new and not (np.isnan(old) and np.isnan(new)):
+                fx_moved = True
+    if fx_moved:
+        for c in range(C):
+            for d in range(C):
+                FB[ofx + c * C + d] = fx[c, d]
+    move = np.zeros(N, dtype=np.int8)
+    dv = np.zeros(N, dtype=np.float64)  # lot value delta in the instrument's currency
     for i in range(N):
         new = float(marks[i])
         old = FB[om + i]
         if new != old:
-            changed[i] = 1
-            dm[i] = new - old
-            jump[i] = not (old > 0.0 and new > 0.0)
+            move[i] = M_DELTA if old > 0.0 and new > 0.0 else M_JUMP
+            dv[i] = (new - old) * FB[ounit + i]
             FB[om + i] = new
+        elif changed[i]:
+            move[i] = M_FLAGGED
     if fx_moved:
         for s in range(E):
             IB[oe0 + s * EI_NCOLS + EI_STALE] = 1
             IB[oe0 + s * EI_NCOLS + EI_DIRTY] = 1
-        return
-    oh, oae, B = hd[H_HOLD], hd[H_ACCT_ENT], hd[H_B]
+        return 1
+    oh, oae, B, oagg = hd[H_HOLD], hd[H_ACCT_ENT], hd[H_B], hd[H_AGG]
+    onav = hd[H_ENT_F] + EF_NAV
     for k in range(IB[H_HN]):
         h = oh + k * HO_NCOLS
         i = IB[h + HO_I]
-        if not changed[i]:
+        m = move[i]
+        if m == M_NONE:
             continue
         pos, wb, ws = IB[h + HO_POS], IB[h + HO_WB], IB[h + HO_WS]
         if pos == 0 and wb == 0 and ws == 0:
@@ -385,33 +415,36 @@ def revalue(IB, FB, marks, changed, fx_moved):
                 continue
             oe = oe0 + s * EI_NCOLS
             IB[oe + EI_DIRTY] = 1
-            if IB[oe + EI_STALE] or dm[i] == 0.0:
+            if m == M_FLAGGED or IB[oe + EI_STALE]:
                 continue
-            if jump[i]:
-                IB[oe + EI_STALE] = 1
-                continue
-            lv = dm[i] * FB[hd[H_UNIT] + i] * FB[hd[H_FX] + IB[oi + IN_CCY] * C + IB[oe + EI_CCY]]
-            if not np.isfinite(lv):
+            if m == M_JUMP:
                 IB[oe + EI_STALE] = 1
                 continue
             dims = IB[oe + EI_DIMS]
+            if not dims & VALUE_DIMS:
+                continue  # lots only: a price moves nothing it keeps
+            lv = dv[i] * FB[ofx + IB[oi + IN_CCY] * C + IB[oe + EI_CCY]]
+            if not np.isfinite(lv):
+                IB[oe + EI_STALE] = 1
+                continue
             IB[oe + EI_DERIVE] = 1
             for col in range(4):
                 if dims & (1 << col):
-                    oa = hd[H_AGG] + (s * B + IB[oi + col]) * 3
+                    oa = oagg + (s * B + IB[oi + col]) * 3
                     FB[oa + AG_POS] += pos * lv
                     if wb != 0:
                         FB[oa + AG_WB] += wb * lv
                     if ws != 0:
                         FB[oa + AG_WS] += ws * lv
             if pos != 0 and dims & D_NAV:
-                FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV] += pos * lv
+                FB[onav + s * EF_NCOLS] += pos * lv
     for s in range(E):
         oe = oe0 + s * EI_NCOLS
         if IB[oe + EI_DIRTY] and not IB[oe + EI_STALE]:
             IB[oe + EI_DELTAS] += 1
             if IB[oe + EI_DELTAS] >= MAX_DELTAS:
                 IB[oe + EI_STALE] = 1
+    return 0
 
 
 @njit(cache=True)
@@ -420,6 +453,8 @@ def recompute_stale(IB, FB):
     cached marks (they become due for post-trade evaluation). O(holdings + accounts) to group the holdings by account, then O(holdings of
     the entity) per stale entity; untouched buckets need no clearing (epochs)."""
     hd = _offsets(IB)
+    if not _any_stale(hd, IB):
+        return
     E, A, B, N, C = hd[H_E], hd[H_A], hd[H_B], hd[H_N], hd[H_C]
     oae, oh = hd[H_ACCT_ENT], hd[H_HOLD]
     hn = IB[H_HN]
@@ -432,8 +467,6 @@ def recompute_stale(IB, FB):
                 ent_start[s + 1] += 1
     for s in range(E):
         ent_start[s + 1] += ent_start[s]
-    if ent_start[E] == 0 and not _any_stale(hd, IB):
-        return
     ent_acc = np.empty(ent_start[E], dtype=np.int64)
     fill = ent_start[:E].copy()
     for a in range(A):
@@ -535,6 +568,7 @@ def recompute_stale(IB, FB):
         IB[oe + EI_STALE] = 0
         IB[oe + EI_DELTAS] = 0
         IB[oe + EI_DIRTY] = 1
+        IB[oe + EI_UNITS_DIRTY] = 1
         FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV] = nav
 
 
@@ -621,77 +655,141 @@ def _voting_excess_both(hd, IB, s, u, pct):
     N = hd[H_N]
     ep = IB[hd[H_ENT_I] + s * EI_NCOLS + EI_EPOCH]
     ou = hd[H_ISS] + u * IS_NCOLS
+    oup, ouw, oseen = hd[H_UP] + s * N, hd[H_UW] + s * N, hd[H_SEEN_I] + s * N
     with_working, positions = 0, 0
     for k in range(IB[ou + IS_START], IB[ou + IS_END]):
         j = IB[hd[H_ISS_INST] + k]
         oi = hd[H_INST] + j * IN_NCOLS
-        if not IB[oi + IN_EQUITY] or IB[hd[H_SEEN_I] + s * N + j] != ep:
+        if not IB[oi + IN_EQUITY] or IB[oseen + j] != ep:
             continue
         lot = IB[oi + IN_LOT]
         so = IB[oi + IN_SHARES]
-        held = IB[hd[H_UP] + s * N + j] * lot
-        units = held + IB[hd[H_UW] + s * N + j] * lot
-        for which in range(2):
-            q = units if which == 0 else held
-            r = with_working if which == 0 else positions
-            if q > 0:
-                if so <= 0:
-                    r = -1
-                elif 100.0 * q > pct * so and r == 0:
-                    r = 1
-            if which == 0:
-                with_working = r
-            else:
-                positions = r
+        held = IB[oup + j] * lot
+        units = held + IB[ouw + j] * lot
+        if units > 0:
+            if so <= 0:
+                with_working = -1
+            elif with_working == 0 and 100.0 * units > pct * so:
+                with_working = 1
+        if held > 0:
+            if so <= 0:
+                positions = -1
+            elif positions == 0 and 100.0 * held > pct * so:
+                positions = 1
+    return with_working, positions
+
+
+@njit(cache=True, inline="always")
+def _emit(out, n, r, code, value, limit, base, expo, key):
+    if n < out.shape[0]:
+        out[n, OC_RULE] = r
+        out[n, OC_PASSED] = 0.0
+        out[n, OC_CODE] = code
+        out[n, OC_VALUE] = value
+        out[n, OC_LIMIT] = limit
+        out[n, OC_BASE] = base
+        out[n, OC_EXPOSURE] = expo
+        out[n, OC_KEY] = key
+    return n + 1
+
+
+@njit(cache=True)
+def _votes(hd, IB, s, u, pct, ep, cache):
+    """_voting_excess_both; with ``cache`` (pct is s's EF_VOTE_PCT) also stored in VOTE as
+    epoch << 4 | codes. The test reads lots only, so the entry holds until s's lots of u change
+    (_add_cell clears it) or s is re-summed (a new epoch). O(lines of the issuer)."""
+    with_working, positions = _voting_excess_both(hd, IB, s, u, pct)
+    if cache:
+        IB[hd[H_VOTE] + s * hd[H_U] + u] = (ep << 4) | ((with_working + 1) << 2) | (positions + 1)
     return with_working, positions
 
 
 @njit(cache=True)
-def _derive(hd, IB, FB, s):
-    """Recompute the sums of entity s's UCITS / Act40 rules, on positions + working buys
-    (RF_DERIVED, pre-trade) and on positions (RF_DERIVED_POS, post-trade); NaN when a value is
-    unknown. O(buckets held by s)."""
+def _issuer_rule(hd, IB, FB, s, r, out, n, emit):
+    """One pass over the issuers entity s holds for its rule r (issuer_concentration, UCITS or
+    Act40): recomputes the sums of a UCITS / Act40 rule on positions + working buys
+    (RF_DERIVED, pre-trade) and on positions (RF_DERIVED_POS, post-trade), NaN when a value is
+    unknown; with ``emit`` also evaluates r post-trade and writes its failing rows (per issuer,
+    then the aggregate) from row n on. Returns the row count. O(issuers held by s)."""
     B, U = hd[H_B], hd[H_U]
     oe = hd[H_ENT_I] + s * EI_NCOLS
+    ep = IB[oe + EI_EPOCH]
     nav = FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV]
     nav_miss = IB[oe + EI_NAV_MISS]
-    for r in range(IB[hd[H_ENT_PTR] + s], IB[hd[H_ENT_PTR] + s + 1]):
-        ori = hd[H_RULE_I] + r * RI_NCOLS
-        orf = hd[H_RULE_F] + r * RF_NCOLS
-        kind = IB[ori + RI_KIND]
-        if kind != K_UCITS and kind != K_ACT40:
+    nav_ok = nav_miss == 0 and nav > 0.0
+    ori = hd[H_RULE_I] + r * RI_NCOLS
+    orf = hd[H_RULE_F] + r * RF_NCOLS
+    kind, mask, code = IB[ori + RI_KIND], IB[ori + RI_EXEMPT], IB[ori + RI_CODE]
+    mx = FB[orf + RF_MAX]
+    thr = FB[orf + RF_P1] * nav
+    pct = FB[orf + RF_P2]
+    cached = kind == K_ACT40 and pct == FB[hd[H_ENT_F] + s * EF_NCOLS + EF_VOTE_PCT]
+    sums = kind != K_ISSUER_CONC
+    per_issuer = emit and nav_ok and kind != K_ACT40
+    total = 0.0 if nav_miss == 0 else np.nan
+    total_pos = total
+    oblist, oagg, omiss = hd[H_BLIST] + s * B, hd[H_AGG] + s * B * 3, hd[H_AGG_MISS] + s * B
+    ovote = hd[H_VOTE] + s * U
+    for k in range(IB[oe + EI_NB] if nav_miss == 0 and (sums or per_issuer) else 0):
+        u = IB[oblist + k]
+        if u >= U or _exempt(hd, IB, u, mask):
             continue
-        mask = IB[ori + RI_EXEMPT]
-        thr = FB[orf + RF_P1] * nav
-        total = 0.0 if nav_miss == 0 else np.nan
-        total_pos = total
-        for k in range(IB[oe + EI_NB] if nav_miss == 0 else 0):
-            u = IB[hd[H_BLIST] + s * B + k]
-            if u >= U or _exempt(hd, IB, u, mask):
-                continue
-            if IB[hd[H_AGG_MISS] + s * B + u] > 0:
-                total = np.nan  # a working order's instrument has no mark
-            oa = hd[H_AGG] + (s * B + u) * 3
-            v_pos = FB[oa + AG_POS]
-            v = v_pos + FB[oa + AG_WB]
-            if kind == K_UCITS:
-                if 100.0 * v > thr:
-                    total += v
-                if 100.0 * v_pos > thr:
-                    total_pos += v_pos
+        v_pos = FB[oagg + u * 3 + AG_POS]
+        if kind == K_ISSUER_CONC:
+            if 100.0 * abs(v_pos) > mx * nav:
+                n = _emit(out, n, r, code, 100.0 * v_pos / nav, mx, nav, v_pos, u)
+            continue
+        if IB[omiss + u] > 0:
+            total = np.nan  # a working order's instrument has no mark
+        v = v_pos + FB[oagg + u * 3 + AG_WB]
+        if kind == K_UCITS:
+            if per_issuer and 100.0 * v_pos > mx * nav:
+                n = _emit(out, n, r, code, 100.0 * v_pos / nav, mx, nav, v_pos, u)
+            if 100.0 * v > thr:
+                total += v
+            if 100.0 * v_pos > thr:
+                total_pos += v_pos
+        else:
+            c = IB[ovote + u] if cached else 0
+            if c >> 4 == ep:
+                vote, vote_pos = ((c >> 2) & 3) - 1, (c & 3) - 1
             else:
-                vote, vote_pos = _voting_excess_both(hd, IB, s, u, FB[orf + RF_P2])
-                if vote < 0:
-                    total = np.nan
-                if vote_pos < 0:
-                    total_pos = np.nan
-                if 100.0 * v > thr or vote > 0:
-                    total += max(v, 0.0)
-                if 100.0 * v_pos > thr or vote_pos > 0:
-                    total_pos += max(v_pos, 0.0)
+                vote, vote_pos = _votes(hd, IB, s, u, pct, ep, cached)
+            if vote < 0:
+                total = np.nan
+            if vote_pos < 0:
+                total_pos = np.nan
+            if 100.0 * v > thr or vote > 0:
+                total += max(v, 0.0)
+            if 100.0 * v_pos > thr or vote_pos > 0:
+                total_pos += max(v_pos, 0.0)
+    if sums:
         FB[orf + RF_DERIVED] = total
         FB[orf + RF_DERIVED_POS] = total_pos
-    IB[oe + EI_DERIVE] = 0
+    if not emit:
+        return n
+    if not nav_ok:
+        return _emit(out, n, r, R_NO_PRICE, np.nan, mx, nav, np.nan, -1)
+    if kind == K_ISSUER_CONC:
+        return n
+    lim = FB[orf + RF_P2] if kind == K_UCITS else 100.0 - FB[orf + RF_P3]
+    if not np.isfinite(total_pos):
+        return _emit(out, n, r, R_NO_PRICE, np.nan, lim, nav, np.nan, -1)
+    if 100.0 * total_pos > lim * nav:
+        return _emit(out, n, r, code, 100.0 * total_pos / nav, lim, nav, total_pos, -1)
+    return n
+
+
+@njit(cache=True)
+def _derive(hd, IB, FB, s):
+    """Recompute the sums of entity s's UCITS / Act40 rules (_issuer_rule without evaluating).
+    O(issuers held by s × those rules)."""
+    none = FB[:0].reshape((0, OC_NCOLS))
+    for r in range(IB[hd[H_ENT_PTR] + s], IB[hd[H_ENT_PTR] + s + 1]):
+        kind = IB[hd[H_RULE_I] + r * RI_NCOLS + RI_KIND]
+        if kind == K_UCITS or kind == K_ACT40:
+            _issuer_rule(hd, IB, FB, s, r, none, 0, False)
+    IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DERIVE] = 0
 
 
 # -- PRE-TRADE -----------------------------------------------------------------------------------
@@ -701,11 +799,12 @@ def _derive(hd, IB, FB, s):
 def check_order(IB, FB, pos, wsell, a, i, side, qty, price, full):
     """Evaluate every rule that applies to (account a, instrument i) on the projected portfolio.
 
-    Writes one OUT row per failing evaluation (per applicable evaluation when ``full``) and
+    Writes one OUT row per failing evaluation (per applicable evaluation when ``full``), the row
+    of the worst failure (the first of the highest severity; -1 none) to IB[H_WORST], and
     returns the row count. Cached aggregates plus O(1) per rule (O(lines of the issuer) for the
     voting-share test); allocates nothing."""
     hd = _offsets(IB)
-    N, B, C = hd[H_N], hd[H_B], hd[H_C]
+    N, B, C, U = hd[H_N], hd[H_B], hd[H_C], hd[H_U]
     oi = hd[H_INST] + i * IN_NCOLS
     u = IB[oi + IN_ISSUER]
     iss_flags = IB[hd[H_ISS] + u * IS_NCOLS + IS_FLAGS]
@@ -714,6 +813,7 @@ def check_order(IB, FB, pos, wsell, a, i, side, qty, price, full):
     buy = side == 0
     sgn = 1.0 if buy else -1.0
     n = 0
+    worst_sev, worst = S_PASS, -1
     for lvl in range(3):
         s = IB[hd[H_ACCT_ENT] + a * 3 + lvl]
         if s < 0:
@@ -830,7 +930,12 @@ def check_order(IB, FB, pos, wsell, a, i, side, qty, price, full):
                             passed = 100.0 * total <= limit * nav
                     else:
                         p_iss, p_vote = FB[orf + RF_P1], FB[orf + RF_P2]
-                        before = _voting_excess(hd, IB, s, u, -1, 0, True, p_vote)
+                        cached = p_vote == FB[hd[H_ENT_F] + s * EF_NCOLS + EF_VOTE_PCT]
+                        c = IB[hd[H_VOTE] + s * U + u] if cached else 0
+                        if c >> 4 == ep:
+                            before = ((c >> 2) & 3) - 1
+                        else:
+                            before = _votes(hd, IB, s, u, p_vote, ep, cached)[0]
                         after = _voting_excess(hd, IB, s, u, i, qty * IB[oi + IN_LOT], True, p_vote)
                         if not np.isfinite(total) or after < 0:
                             passed, code, value = False, R_NO_PRICE, np.nan
@@ -847,6 +952,8 @@ def check_order(IB, FB, pos, wsell, a, i, side, qty, price, full):
                 code = R_NONE
                 if not full:
                     continue
+            elif IB[ori + RI_SEV] > worst_sev:
+                worst_sev, worst = IB[ori + RI_SEV], n
             o = oout + n * OC_NCOLS
             FB[o + OC_RULE] = r
             FB[o + OC_PASSED] = 1.0 if passed else 0.0
@@ -857,6 +964,7 @@ def check_order(IB, FB, pos, wsell, a, i, side, qty, price, full):
             FB[o + OC_EXPOSURE] = expo
             FB[o + OC_KEY] = -1
             n += 1
+    IB[H_WORST] = worst
     return n
 
 
@@ -880,45 +988,21 @@ def check_batch(IB, FB, pos, wsell, orders, result):
         result[k, 2] = rule
 
 
-@njit(cache=True)
-def worst_of(IB, FB, n):
-    """(worst severity, its code, its out row) among the first n OUT rows. O(n)."""
-    hd = _offsets(IB)
-    oout = hd[H_OUT]
-    worst, code, row = S_PASS, R_NONE, -1
-    for m in range(n):
-        r = int(FB[oout + m * OC_NCOLS + OC_RULE])
-        sev = IB[hd[H_RULE_I] + r * RI_NCOLS + RI_SEV]
-        if sev > worst:
-            worst, code, row = sev, int(FB[oout + m * OC_NCOLS + OC_CODE]), m
-    return worst, code, row
-
-
 # -- POST-TRADE ----------------------------------------------------------------------------------
-
-
-@njit(cache=True, inline="always")
-def _emit(out, n, r, code, value, limit, base, expo, key):
-    if n < out.shape[0]:
-        out[n, OC_RULE] = r
-        out[n, OC_PASSED] = 0.0
-        out[n, OC_CODE] = code
-        out[n, OC_VALUE] = value
-        out[n, OC_LIMIT] = limit
-        out[n, OC_BASE] = base
-        out[n, OC_EXPOSURE] = expo
-        out[n, OC_KEY] = key
-    return n + 1
 
 
 @njit(cache=True)
 def evaluate_post(IB, FB, out):
     """Evaluate the post-trade rules of the dirty entities on current positions (no working
-    orders) and write one row per failing (rule, key) into ``out``; flags the rules evaluated in
-    RULE_EVAL. Returns the number of failing rows (more than out holds: call again with a bigger
-    ``out``; this changes nothing but RULE_EVAL and the derived sums, so it can be repeated)."""
+    orders) and write one row per failing (rule, key) into ``out``, in rule order; flags the
+    rules evaluated in RULE_EVAL. An issuer rule is one pass over the entity's issuers that also
+    refreshes its derived sums (_issuer_rule); shares_outstanding rules, which read lots only,
+    are evaluated only when the entity's lots changed. Returns the number of failing rows (more
+    than out holds: call again with a bigger ``out``; this changes nothing but RULE_EVAL, the
+    derived sums and their caches, so it can be repeated). O(buckets and lines held by the
+    dirty entities × their rules)."""
     hd = _offsets(IB)
-    E, N, U, B = hd[H_E], hd[H_N], hd[H_U], hd[H_B]
+    E, N, B = hd[H_E], hd[H_N], hd[H_B]
     n = 0
     for s in range(E):
         oe = hd[H_ENT_I] + s * EI_NCOLS
@@ -927,15 +1011,18 @@ def evaluate_post(IB, FB, out):
         ep = IB[oe + EI_EPOCH]
         nav = FB[hd[H_ENT_F] + s * EF_NCOLS + EF_NAV]
         nav_ok = IB[oe + EI_NAV_MISS] == 0 and nav > 0.0
-        if IB[oe + EI_DERIVE]:
-            _derive(hd, IB, FB, s)
         for r in range(IB[hd[H_ENT_PTR] + s], IB[hd[H_ENT_PTR] + s + 1]):
             ori = hd[H_RULE_I] + r * RI_NCOLS
             orf = hd[H_RULE_F] + r * RF_NCOLS
             kind = IB[ori + RI_KIND]
             if kind == K_RESTRICTED or kind == K_WATCH or kind == K_LOCATE or kind == K_ADV:
                 continue
+            if kind == K_SHARES and not IB[oe + EI_UNITS_DIRTY]:
+                continue  # lots unchanged: its breaches stand as they are
             IB[hd[H_RULE_EVAL] + r] = 1
+            if kind == K_ISSUER_CONC or kind == K_UCITS or kind == K_ACT40:
+                n = _issuer_rule(hd, IB, FB, s, r, out, n, True)
+                continue
             code = IB[ori + RI_CODE]
             mx = FB[orf + RF_MAX]
             if kind == K_SHARES:
@@ -954,41 +1041,51 @@ def evaluate_post(IB, FB, out):
             if not nav_ok:
                 n = _emit(out, n, r, R_NO_PRICE, np.nan, mx, nav, np.nan, -1)
                 continue
-            mask = IB[ori + RI_EXEMPT]
-            if kind == K_WEIGHT:
-                b = IB[ori + RI_BUCKET]
-                v = 0.0
-                if IB[hd[H_SEEN] + s * B + b] == ep:
-                    v = FB[hd[H_AGG] + (s * B + b) * 3 + AG_POS]
-                mn = FB[orf + RF_MIN]
-                if IB[ori + RI_HAS_MAX] and 100.0 * v > mx * nav:
-                    n = _emit(out, n, r, code, 100.0 * v / nav, mx, nav, v, -1)
-                elif IB[ori + RI_HAS_MIN] and 100.0 * v < mn * nav:
-                    n = _emit(out, n, r, code, 100.0 * v / nav, mn, nav, v, -1)
-            elif kind == K_ISSUER_CONC or kind == K_UCITS:
-                for k in range(IB[oe + EI_NB]):
-                    u = IB[hd[H_BLIST] + s * B + k]
-                    if u >= U or _exempt(hd, IB, u, mask):
-                        continue
-                    v = FB[hd[H_AGG] + (s * B + u) * 3 + AG_POS]
-                    over = abs(v) if kind == K_ISSUER_CONC else v
-                    if 100.0 * over > mx * nav:
-                        n = _emit(out, n, r, code, 100.0 * v / nav, mx, nav, v, u)
-                if kind == K_UCITS:
-                    total = FB[orf + RF_DERIVED_POS]
-                    lim = FB[orf + RF_P2]
-                    if not np.isfinite(total):
-                        n = _emit(out, n, r, R_NO_PRICE, np.nan, lim, nav, np.nan, -1)
-                    elif 100.0 * total > lim * nav:
-                        n = _emit(out, n, r, code, 100.0 * total / nav, lim, nav, total, -1)
-            elif kind == K_ACT40:
-                total = FB[orf + RF_DERIVED_POS]
-                lim = 100.0 - FB[orf + RF_P3]
-                if not np.isfinite(total):
-                    n = _emit(out, n, r, R_NO_PRICE, np.nan, lim, nav, np.nan, -1)
-                elif 100.0 * total > lim * nav:
-                    n = _emit(out, n, r, code, 100.0 * total / nav, lim, nav, total, -1)
+            b = IB[ori + RI_BUCKET]
+            v = 0.0
+            if IB[hd[H_SEEN] + s * B + b] == ep:
+                v = FB[hd[H_AGG] + (s * B + b) * 3 + AG_POS]
+            mn = FB[orf + RF_MIN]
+            if IB[ori + RI_HAS_MAX] and 100.0 * v > mx * nav:
+                n = _emit(out, n, r, code, 100.0 * v / nav, mx, nav, v, -1)
+            elif IB[ori + RI_HAS_MIN] and 100.0 * v < mn * nav:
+                n = _emit(out, n, r, code, 100.0 * v / nav, mn, nav, v, -1)
+        IB[oe + EI_DERIVE] = 0  # every UCITS / Act40 rule of s was just re-summed
     return n
+
+
+@njit(cache=True)
+def settle(IB, FB, out, breach_keys, span):
+    """evaluate_post, then: when every failing row fits in ``out`` and the failing (rule, key)
+    set is the set of breaches in force (``breach_keys``: rule × span + key + 1, sorted) of the
+    rules just evaluated, clear the dirty flags and return -1 (no transition); else return the
+    row count (the caller diffs the rows, then calls clear_dirty). O(evaluate_post + breaches)."""
+    n = evaluate_post(IB, FB, out)
+    if n > out.shape[0]:
+        return n
+    hd = _offsets(IB)
+    oeval = hd[H_RULE_EVAL]
+    m = 0
+    for k in range(breach_keys.shape[0]):
+        if IB[oeval + breach_keys[k] // span]:
+            m += 1
+    if m != n:
+        return n
+    for k in range(n):  # rows are distinct (rule, key) pairs
+        key = int(out[k, OC_RULE]) * span + int(out[k, OC_KEY]) + 1
+        j = np.searchsorted(breach_keys, key)
+        if j >= breach_keys.shape[0] or breach_keys[j] != key:
+            return n
+    clear_dirty(IB)
+    return -1
+
+
+@njit(cache=True)
+def recheck_batch(IB, FB, marks, fx, changed, out, breach_keys, span):
+    """A price / fill batch: revalue, recompute_stale, settle. Returns settle's answer."""
+    revalue(IB, FB, marks, fx, changed)
+    recompute_stale(IB, FB)
+    return settle(IB, FB, out, breach_keys, span)
 
 
 @njit(cache=True)
@@ -996,6 +1093,7 @@ def clear_dirty(IB):
     hd = _offsets(IB)
     for s in range(hd[H_E]):
         IB[hd[H_ENT_I] + s * EI_NCOLS + EI_DIRTY] = 0
+        IB[hd[H_ENT_I] + s * EI_NCOLS + EI_UNITS_DIRTY] = 0
     o = hd[H_RULE_EVAL]
     for r in range(hd[H_R]):
         IB[o + r] = 0

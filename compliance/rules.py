@@ -71,6 +71,10 @@ Dimension = Literal["sector", "country", "asset_class"]
 
 Refusal = tuple[int, str]
 
+_OC_NCOLS, _OC_CODE, _OC_VALUE, _OC_LIMIT = rk.OC_NCOLS, rk.OC_CODE, rk.OC_VALUE, rk.OC_LIMIT
+_H_WORST, _NO_PRICE = rk.H_WORST, rk.R_NO_PRICE
+_TEXT_CACHE = 4096  # failure texts kept; the cache is emptied when full
+
 
 class Severity(IntEnum):
     """Ordered: the worst failing evaluation decides an order's outcome."""
@@ -257,23 +261,27 @@ class Evaluation(msgspec.Struct, frozen=True, gc=False):
     text: str
 
 
-class Outcome:
+class Outcome(msgspec.Struct, gc=False):
     """The worst severity among the failing evaluations (PASS if none), its reason code and
     text; ``failures`` lists every failing evaluation (WARN ones included: the caller raises
-    their alerts), built on first access so a denial costs no more than its own text."""
+    their alerts), built on first access from a copy of the kernel's rows, so a denial costs
+    no more than its own text. A Struct: built in C, a third of a slotted class's cost."""
 
-    __slots__ = ("severity", "code", "text", "_rows", "_book", "_instrument", "_failures")
-
-    def __init__(self, severity: int, code: int, text: str, rows: list | None = None,
-                 book: ComplianceRules | None = None, instrument: int = -1):
-        self.severity, self.code, self.text = severity, code, text
-        self._rows, self._book, self._instrument = rows, book, instrument
-        self._failures: tuple[Evaluation, ...] | None = None if rows else ()
+    severity: int
+    code: int
+    text: str
+    _rows: list | None = None  # the failing rows, flat (OC_NCOLS floats each)
+    _book: object = None  # the ComplianceRules that built it
+    _instrument: int = -1
+    _failures: tuple | None = None
 
     @property
     def failures(self) -> tuple[Evaluation, ...]:
         if self._failures is None:
-            self._failures = tuple(self._book._evaluation(row, self._instrument) for row in self._rows)
+            rows, i = self._rows or [], self._instrument
+            evaluation = self._book._evaluation if rows else None
+            self._failures = tuple(evaluation(rows[k : k + _OC_NCOLS], i)
+                                   for k in range(0, len(rows), _OC_NCOLS))
         return self._failures
 
     @property
@@ -351,6 +359,7 @@ class ComplianceRules:
             refusal = self.set_locate(account, symbol, qty)
             if refusal:
                 raise ConfigError(f"compliance.locates: {refusal[1]}")
+        self._post = np.zeros((max(64, len(self.rules)), rk.OC_NCOLS))  # post-trade failing rows
         self.refresh()
         self._bind_entry_point()
 
@@ -390,6 +399,8 @@ class ComplianceRules:
                 self.bucket_of[(d, name)] = len(self.bucket_names)
                 self.bucket_names.append(f"{d}:{name}")
         self.class_index = {c: k for k, c in enumerate(dims["asset_class"])}
+        self._span = len(self.bucket_names) + len(insts) + 1  # post-trade keys per rule
+        self._symbols = [inst.spec.symbol for inst in insts]
 
     def _index_entities(self) -> None:
         ref = self.ref
@@ -405,6 +416,14 @@ class ComplianceRules:
         self.rules.sort(key=lambda r: self.entity_index[(r.scope, r.target)])
         self._meta = [(r.id, r.version, int(Severity[r.severity]), self._scope_text(r), r)
                       for r in self.rules]
+        self._severity = [m[2] for m in self._meta]
+        self._heads = [f"{r.id} v{r.version} {r.kind} ({scope})" for r, scope in
+                       ((m[4], m[3]) for m in self._meta)]
+        # failure texts: a template per rule (its head filled in), and the texts that can repeat
+        self._templates = [_template(m[4].kind, head) for m, head in zip(self._meta, self._heads,
+                                                                          strict=True)]
+        self._listed = [m[4].kind in ("restricted_list", "watch_list") for m in self._meta]
+        self._texts: dict[tuple[int, int], str] = {}  # (rule, instrument or -1) -> text
         self.acct_ent = np.full((len(accounts), 3), -1, dtype=np.int64)
         for a, acc in enumerate(accounts):
             for lvl, key in enumerate((("firm", ""), ("fund", acc.fund_id), ("account", acc.id))):
@@ -432,7 +451,7 @@ class ComplianceRules:
                  (rk.H_BLIST, E * B), (rk.H_UP, E * N), (rk.H_UW, E * N), (rk.H_SEEN_I, E * N),
                  (rk.H_ILIST, E * N), (rk.H_ENT_I, E * rk.EI_NCOLS),
                  (rk.H_HOLD, hcap * rk.HO_NCOLS), (rk.H_CELL, A * N), (rk.H_SHCASH, A * C),
-                 (rk.H_RULE_EVAL, R)]
+                 (rk.H_RULE_EVAL, R), (rk.H_VOTE, E * U)]
         fsegs = [(rk.H_RULE_F, R * rk.RF_NCOLS), (rk.H_UNIT, N), (rk.H_MARK, N), (rk.H_FX, C * C),
                  (rk.H_CASH_SCALE, C), (rk.H_ENT_F, E * rk.EF_NCOLS), (rk.H_AGG, E * B * 3),
                  (rk.H_OUT, (R + 1) * rk.OC_NCOLS)]
@@ -453,6 +472,8 @@ class ComplianceRules:
             views[h] = FB[off : off + n]
             off += n
         self.IB, self.FB = IB, FB
+        # check_order reads its answer through memoryviews: an item costs a third of numpy's
+        self._ib, self._fb, self._oout = memoryview(IB), memoryview(FB), int(IB[rk.H_OUT])
         v = views
         self._rule_i = v[rk.H_RULE_I].reshape(R, rk.RI_NCOLS)
         self._rule_f = v[rk.H_RULE_F].reshape(R, rk.RF_NCOLS)
@@ -496,8 +517,12 @@ class ComplianceRules:
         v[rk.H_UNIT][:] = pf.unit_value
         v[rk.H_CASH_SCALE][:] = 10.0 ** -pf.minor.astype(np.float64)
         self._ent_i[:, rk.EI_CCY] = self.entity_ccy
+        self._ent_f[:, rk.EF_VOTE_PCT] = np.nan
         for rule in self.rules:
-            self._ent_i[self.entity_index[(rule.scope, rule.target)], rk.EI_DIMS] |= _dims(rule)
+            s = self.entity_index[(rule.scope, rule.target)]
+            self._ent_i[s, rk.EI_DIMS] |= _dims(rule)
+            if rule.kind == "act40_75_5_10" and np.isnan(self._ent_f[s, rk.EF_VOTE_PCT]):
+                self._ent_f[s, rk.EF_VOTE_PCT] = rule.voting_pct
         self._ent_i[:, rk.EI_EPOCH] = 1  # SEEN starts at 0: every bucket reads as empty
         for issuer in self._restricted:
             self._write_flag(rk.F_RESTRICTED, issuer, True)
@@ -546,22 +571,20 @@ class ComplianceRules:
     def check_order(self, account: int, instrument: int, side: int, qty: int, price: int) -> Outcome:
         """Every rule for the order's account, fund and firm on the projected portfolio (see the
         module docstring); ``price`` is the limit, or the reference price for a market order
-        (0 = none: value rules fail closed). O(rules of the order's scopes)."""
+        (0 = none: value rules fail closed). O(rules of the order's scopes); a failure adds its
+        worst rule's text (the kernel names the row; see _fail_text) and a copy of the failing
+        rows (``failures`` are built from them on first access)."""
         pf = self.portfolio
         n = self._check(self.IB, self.FB, pf.position, pf.working_sell, account, instrument,
                         side, qty, price, 0)
         if n == 0:
             return PASSED
-        rows = self._out[:n].tolist()
-        meta = self._meta
-        worst = rows[0]
-        for row in rows[1:]:
-            if meta[int(row[0])][2] > meta[int(worst[0])][2]:
-                worst = row
-        r, code = int(worst[rk.OC_RULE]), int(worst[rk.OC_CODE])
-        text = self._fail_text(meta[r][4], code, worst[rk.OC_VALUE], worst[rk.OC_LIMIT],
-                               meta[r][3], instrument)
-        return Outcome(meta[r][2], code, text, rows, self, instrument)
+        o = self._oout
+        rows = self._fb[o : o + n * _OC_NCOLS].tolist()
+        w = self._ib[_H_WORST] * _OC_NCOLS
+        r, code = int(rows[w]), int(rows[w + _OC_CODE])
+        text = self._fail_text(r, code, rows[w + _OC_VALUE], rows[w + _OC_LIMIT], instrument)
+        return Outcome(self._severity[r], code, text, rows, self, instrument)
 
     def evaluate_order(self, account: int, instrument: int, side: int, qty: int,
                        price: int) -> list[Evaluation]:
@@ -586,9 +609,9 @@ class ComplianceRules:
 
     def _evaluation(self, row: list[float], instrument: int) -> Evaluation:
         r, passed, code, value, limit, base, exposure, _ = row
-        rule_id, version, severity, scope, rule = self._meta[int(r)]
-        code = int(code)
-        text = "" if passed else self._fail_text(rule, code, value, limit, scope, instrument)
+        r, code = int(r), int(code)
+        rule_id, version, severity, scope, _ = self._meta[r]
+        text = "" if passed else self._fail_text(r, code, value, limit, instrument)
         return Evaluation(rule_id, version, severity, passed == 1.0, code, value, limit, base,
                           exposure, scope, text)
 
@@ -623,35 +646,35 @@ class ComplianceRules:
         mark moves are also found by comparing marks): holdings in moved instruments shift the
         cached aggregates by their mark delta (O(holdings)); a scope is re-summed from scratch
         only when FX moved, a mark appeared or vanished, or after MAX_DELTAS batches; only
-        scopes holding a changed instrument or touched since the last recheck are
-        re-evaluated. None: full refresh (O(accounts × instruments)) and every scope."""
+        scopes holding a changed instrument or touched since the last recheck are re-evaluated,
+        their issuer rules in one pass over their issuers. No transition (the common case)
+        costs no Python work per rule or breach. None: full refresh (O(accounts × instruments))
+        and every scope."""
         pf = self.portfolio
         if changed_instruments is None:
             self.refresh()
+            n = rk.settle(self.IB, self.FB, self._post, self._breach_keys, self._span)
         else:
-            changed = np.asarray(changed_instruments, dtype=np.int8).copy()
-            fx_moved = not np.array_equal(self._fx, pf.fx, equal_nan=True)
-            if fx_moved:
-                self._fx[:] = pf.fx
-            rk.revalue(self.IB, self.FB, pf.marks(), changed, fx_moved)
-            rk.recompute_stale(self.IB, self.FB)
-        out = np.zeros((max(64, len(self.rules)), rk.OC_NCOLS))
-        n = rk.evaluate_post(self.IB, self.FB, out)
-        if n > len(out):
-            out = np.zeros((n, rk.OC_NCOLS))
-            n = rk.evaluate_post(self.IB, self.FB, out)
-        changes = self._transitions(out[:n])
+            changed = np.asarray(changed_instruments, dtype=np.bool_)
+            if changed.shape != self._mark.shape:
+                raise ValueError(f"changed_instruments: expected {len(self._mark)} flags (one per "
+                                 f"instrument), got shape {changed.shape}")
+            n = rk.recheck_batch(self.IB, self.FB, pf.marks(), pf.fx, changed, self._post,
+                                 self._breach_keys, self._span)
+        while n > len(self._post):
+            self._post = np.zeros((2 * n, rk.OC_NCOLS))
+            n = rk.settle(self.IB, self.FB, self._post, self._breach_keys, self._span)
+        if n < 0:
+            return []  # the same breaches as before; settle cleared the dirty flags
+        changes = self._transitions(self._post[:n])
         rk.clear_dirty(self.IB)
         return changes
 
     def _transitions(self, rows: np.ndarray) -> list[BreachChange]:
         """Diff the failing (rule, key) rows against the breaches in force of the rules just
         evaluated; objects are built only for transitions. O(breaches)."""
-        span = self._key_span
+        span = self._span
         keys = rows[:, rk.OC_RULE].astype(np.int64) * span + rows[:, rk.OC_KEY].astype(np.int64) + 1
-        old = self._breach_keys
-        if np.array_equal(np.sort(keys), old[self._evaluated[old // span] == 1]):
-            return []  # the common case: the same breaches as before
         now = dict(zip(keys.tolist(), range(len(rows)), strict=True))
         evaluated = self._evaluated.tolist()
         changes: list[BreachChange] = []
@@ -669,15 +692,11 @@ class ComplianceRules:
             code, value, limit = int(row[rk.OC_CODE]), row[rk.OC_VALUE], row[rk.OC_LIMIT]
             change = BreachChange(rule.id, rule.version, Severity[rule.severity], scope_key, True,
                                   code, value, limit,
-                                  self._fail_text(rule, code, value, limit, scope_key, -1))
+                                  self._text(rule, code, value, limit, scope_key, -1))
             self._breaches[key] = change
             changes.append(change)
         self._breach_keys = np.array(sorted(self._breaches), dtype=np.int64)
         return changes
-
-    @property
-    def _key_span(self) -> int:
-        return len(self.bucket_names) + len(self.ref.by_index) + 1
 
     def breaches(self) -> list[BreachChange]:
         """The breaches in force (as recorded when each began). O(breaches)."""
@@ -770,7 +789,7 @@ class ComplianceRules:
             key = len(self.bucket_names) + self.ref.instruments[name[len("instrument:"):]].index
         else:
             key = self.bucket_names.index(name)
-        return r * self._key_span + key + 1
+        return r * self._span + key + 1
 
     def state_hash(self) -> bytes:
         return hashlib.blake2b(self.dump(), digest_size=16).digest()
@@ -830,10 +849,30 @@ class ComplianceRules:
             return f"{scope}/{self.bucket_names[key]}"
         return f"{scope}/instrument:{self.ref.by_index[key - len(self.bucket_names)].symbol}"
 
-    def _fail_text(self, rule: RuleSpec, code: int, value: float, limit: float, scope: str,
-                   instrument: int) -> str:
+    def _fail_text(self, r: int, code: int, value: float, limit: float, instrument: int) -> str:
+        """The text of rule r failing pre-trade: one %-format of the rule's template; the texts
+        that can repeat (a listed issuer's line, a missing price) are cached. O(1)."""
+        if code == _NO_PRICE:
+            key = (r, -1)
+        elif self._listed[r]:
+            key = (r, instrument)
+        elif self._templates[r][1]:  # short_sale_locate: names the line
+            return self._templates[r][0] % (value, self._symbols[instrument], limit)
+        else:
+            return self._templates[r][0] % (value, "below" if value < limit else "above", limit)
+        text = self._texts.get(key)
+        if text is None:
+            rule, scope = self._meta[r][4], self._meta[r][3]
+            text = self._text(rule, code, value, limit, scope, instrument)
+            if len(self._texts) >= _TEXT_CACHE:
+                self._texts.clear()
+            self._texts[key] = text
+        return text
+
+    def _text(self, rule: RuleSpec, code: int, value: float, limit: float, scope: str,
+              instrument: int) -> str:
         head = f"{rule.id} v{rule.version} {rule.kind} ({scope})"
-        if code == RejectCode.COMPLIANCE_NO_PRICE:
+        if code == _NO_PRICE:
             return f"{head}: a value the rule needs is unknown (mark, FX, NAV, shares outstanding or ADV)"
         kind = rule.kind
         if kind in ("restricted_list", "watch_list", "short_sale_locate"):
@@ -843,9 +882,20 @@ class ComplianceRules:
                         f"the locate of {_fmt(limit)}")
             listed = "restricted" if kind == "restricted_list" else "on the watch list"
             return f"{head}: issuer {spec.issuer_id} of {spec.symbol} is {listed}"
-        what = {"max_adv_pct": "of ADV", "shares_outstanding": "of shares outstanding"}.get(kind, "of NAV")
         cmp = "below" if value < limit else "above"
-        return f"{head}: {_fmt(value)} % {what} is {cmp} the limit of {_fmt(limit)} %"
+        return f"{head}: {_fmt(value)} % {_WHAT.get(kind, 'of NAV')} is {cmp} the limit of {_fmt(limit)} %"
+
+
+def _template(kind: str, head: str) -> tuple[str, bool]:
+    """The %-template of a rule's numeric failure text (the same text as ``_text``), and whether
+    it names the line (short_sale_locate)."""
+    head = head.replace("%", "%%")
+    if kind == "short_sale_locate":
+        return head + ": projected short of %.6g lots of %s exceeds the locate of %.6g", True
+    return head + f": %.6g %% {_WHAT.get(kind, 'of NAV')} is %s the limit of %.6g %%", False
+
+
+_WHAT = {"max_adv_pct": "of ADV", "shares_outstanding": "of shares outstanding"}
 
 
 def _dims(rule: RuleSpec) -> int:
@@ -854,7 +904,7 @@ def _dims(rule: RuleSpec) -> int:
         return rk.D_NAV | {"sector": rk.D_SECTOR, "country": rk.D_COUNTRY,
                            "asset_class": rk.D_CLASS}[rule.by]
     return {"issuer_concentration": rk.D_ISSUER | rk.D_NAV, "ucits_5_10_40": rk.D_ISSUER | rk.D_NAV,
-            "act40_75_5_10": rk.D_ISSUER | rk.D_UNITS | rk.D_NAV,
+            "act40_75_5_10": rk.D_ISSUER | rk.D_UNITS | rk.D_NAV | rk.D_VOTES,
             "shares_outstanding": rk.D_UNITS}.get(rule.kind, 0)
 
 

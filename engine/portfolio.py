@@ -59,6 +59,7 @@ class Portfolio:
         self.ask = np.zeros(n_i, dtype=np.int64)
         self.last = np.zeros(n_i, dtype=np.int64)
         self.price_ts = np.zeros(n_i, dtype=np.int64)
+        self.mark = np.zeros(n_i, dtype=np.int64)  # reference price (last, else mid; 0 none), kept current
         self.traded = np.zeros(n_i, dtype=np.int64)  # lots traded today per instrument
 
         self.inst_currency = np.array(
@@ -140,6 +141,7 @@ class Portfolio:
         cost = self.notional_minor(i, price, qty)
         self.traded[i] += qty
         self.last[i] = price  # an internal cross is a trade: it moves the last price
+        self.mark[i] = price
         if order.side == BUY:
             self.position[a, i] += qty
             self.working_buy[a, i] -= qty
@@ -199,6 +201,7 @@ class Portfolio:
         if last:
             self.last[instrument] = last
         self.price_ts[instrument] = ts
+        self.mark[instrument] = self.reference_price(instrument)
 
     def reference_price(self, instrument: int) -> int:
         """Last trade, else the mid of a two-sided quote, else 0 (none). O(1)."""
@@ -209,9 +212,15 @@ class Portfolio:
         return (bid + ask) // 2 if bid and ask else 0
 
     def marks(self) -> np.ndarray:
-        """Reference price per instrument (0 = none), as an array. O(instruments)."""
+        """Reference price per instrument (0 = none), kept current by ``tick`` and ``fill``. O(1):
+        the array itself, not a copy (read it, never write it)."""
+        return self.mark
+
+    def refresh_marks(self) -> None:
+        """Recompute every mark: after prices were written into the arrays directly (bulk loads,
+        tests). O(instruments)."""
         mid = np.where((self.bid > 0) & (self.ask > 0), (self.bid + self.ask) // 2, 0)
-        return np.where(self.last > 0, self.last, mid)
+        self.mark[:] = np.where(self.last > 0, self.last, mid)
 
     def end_of_day(self) -> None:
         self.traded[:] = 0
@@ -289,6 +298,7 @@ class Portfolio:
                 continue
             new[tuple(slice(0, n) for n in shape)] = old
         self._hold_px = dict(state.hold_px)
+        self.refresh_marks()
 
 
 class _PortfolioState(msgspec.Struct):

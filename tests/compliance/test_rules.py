@@ -736,6 +736,7 @@ def test_recheck_when_random_price_batches_then_deltas_match_a_full_recheck(seed
             pf.last[int(rng.integers(n))] = 0  # a mark vanishes (no trade, no quote)
             pf.bid[:] = 0
             pf.ask[:] = 0
+        pf.refresh_marks()  # the prices were written into the arrays directly
         if step % 20 == 15:
             pf.set_fx("EURUSD", float(rng.uniform(1.0, 1.5)))
         if step % 7 == 0:
@@ -747,4 +748,161 @@ def test_recheck_when_random_price_batches_then_deltas_match_a_full_recheck(seed
         fresh.recheck()
         assert [(b.rule_id, b.scope_key) for b in cr.breaches()] == \
                [(b.rule_id, b.scope_key) for b in fresh.breaches()], step
+    cr.validate()
+
+
+# -- ISSUER PASS, CACHES (the post-trade pass per rule, the voting-share cache, texts) -----------
+
+
+def test_act40_when_touch_lifts_a_held_line_above_ten_percent_of_voting_shares_then_issuer_counts():
+    cr, pf = build([rule("a40", "act40_75_5_10")])
+    for instrument in (A1, B, D):
+        hold(cr, pf, F1A, instrument, 748)  # 3 × ~8.3 % of NAV: non-qualifying
+    pf.tick(C, 0, 0, 100, 2)  # $1.00: C's value stays far below 5 % of NAV
+    cr.recheck(np.eye(len(UNIVERSE), dtype=bool)[C])
+    hold(cr, pf, F1A, C, 999)  # 9.99 % of C's 10,000 voting shares: qualifies
+    assert cr.check_order(F1A, A2, BUY, 1, PX).severity == Severity.PASS  # ~24.93 % of NAV
+    hold(cr, pf, F1A, C, 1001)  # lots only, no price moved: C is non-qualifying now
+    out = cr.check_order(F1A, A2, BUY, 1, PX)  # ~25.03 % with C's $1,001
+    assert out.denied and out.code == RejectCode.COMPLIANCE_ACT40
+
+
+def test_recheck_when_only_prices_move_then_shares_outstanding_breach_stays_without_transition():
+    cr, pf = build([rule("so", "shares_outstanding", scope="firm", max_pct=5),
+                    rule("ic", "issuer_concentration", max_pct=50)])
+    hold(cr, pf, X, C, 501)
+    hold(cr, pf, F1A, A1, 10)
+    (change,) = cr.recheck(np.zeros(len(UNIVERSE), dtype=bool))
+    assert change.rule_id == "so" and change.breached
+    everything = np.ones(len(UNIVERSE), dtype=bool)
+    for k in range(3):
+        pf.tick(C, 0, 0, PX + 100 * (k + 1), 2 + k)
+        pf.tick(A1, 0, 0, PX + 100 * (k + 1), 2 + k)
+        assert cr.recheck(everything) == []
+    assert [b.scope_key for b in cr.breaches()] == ["firm/instrument:C"]
+    hold(cr, pf, X, C, 400)  # lots change: evaluated again, recovers
+    (change,) = cr.recheck(np.zeros(len(UNIVERSE), dtype=bool))
+    assert change.rule_id == "so" and not change.breached
+
+
+def test_recheck_when_flags_do_not_match_the_instruments_then_value_error():
+    cr, _ = build([rule("ic", "issuer_concentration", max_pct=10)])
+    with pytest.raises(ValueError, match=f"expected {len(UNIVERSE)} flags"):
+        cr.recheck(np.zeros(3, dtype=bool))
+
+
+def test_check_order_when_a_failure_repeats_then_cached_text_equals_a_fresh_build():
+    rules = [rule("rl", "restricted_list", scope="firm"), rule("loc", "short_sale_locate", scope="firm"),
+             rule("ic", "issuer_concentration", "SOFT", max_pct=5)]
+    cr, pf = build(rules, restricted=["ACME"])
+    fresh = ComplianceRules(rules, pf.ref, pf, restricted=["ACME"])
+    cases = [(F1A, A1, BUY, 1, PX), (F1A, A2, SELL, 3, PX), (X, B, SELL, 7, PX), (F1A, B, BUY, 600, PX),
+             (F1A, B, BUY, 1, 0)]
+    cached = []
+    for _ in range(3):
+        for case in cases:
+            out, want = cr.check_order(*case), fresh.check_order(*case)
+            assert (out.severity, out.code, out.text) == (want.severity, want.code, want.text)
+            assert msgspec.msgpack.encode(out.failures) == msgspec.msgpack.encode(want.failures)
+            fresh._texts.clear()  # the oracle builds its texts anew every time
+        cached.append(len(cr._texts))
+    assert cached[0] == cached[2] > 0  # repeats were served from the cache
+
+
+def test_outcome_failures_when_read_after_later_orders_then_describe_their_own_order():
+    cr, _ = build([rule("wl", "watch_list", "WARN", "firm"), rule("adv", "max_adv_pct", "WARN", max_pct=1)],
+                  watch=["BETA"])
+    first = cr.check_order(F1A, B, BUY, 500, PX)  # watched and 5 % of ADV
+    second = cr.check_order(F1A, Z, BUY, 1, PX)  # ADV unknown
+    assert [e.rule_id for e in first.failures] == ["wl", "adv"]
+    assert first.failures[1].value == pytest.approx(5) and "BETA" in first.failures[0].text
+    assert [(e.rule_id, e.code) for e in second.failures] == [("adv", RejectCode.COMPLIANCE_NO_PRICE)]
+    assert first.text == first.failures[0].text  # the worst: the first of the highest severity
+
+
+def post_trade_oracle(pf: Portfolio, accounts, specs) -> tuple[set, bool]:
+    """Failing (rule id, issuer or "") of issuer_concentration / UCITS / Act40 rules of one USD
+    scope on positions at marks, in plain Python; ``close`` when a value sits within 1e-9 of a
+    limit (float order could decide it)."""
+    ref, usd, marks = pf.ref, pf.currency_index["USD"], pf.marks()
+    nav = sum(float(pf.cash[a, c]) * 10.0 ** -int(pf.minor[c]) * pf.fx[c, usd]
+              for a in accounts for c in range(len(pf.currencies)))
+    value: dict[str, float] = {}
+    units: dict[int, int] = {}
+    for a in accounts:
+        for inst in ref.by_index:
+            q = int(pf.position[a, inst.index])
+            if q:
+                v = q * marks[inst.index] * pf.unit_value[inst.index] * pf.fx[pf.inst_currency[inst.index], usd]
+                nav += v
+                value[inst.spec.issuer_id] = value.get(inst.spec.issuer_id, 0.0) + v
+                units[inst.index] = units.get(inst.index, 0) + q * inst.spec.lot_size
+    failing, margins = set(), []
+
+    def over(x: float, pct: float, base: float) -> bool:
+        margins.append(abs(100 * x - pct * base) / max(abs(base), 1.0))
+        return 100 * x > pct * base
+
+    for spec in specs:
+        exempt = set(spec.exempt_classes or ())
+        counted = {u: v for u, v in value.items()
+                   if not {i.spec.asset_class for i in ref.by_index if i.spec.issuer_id == u} <= exempt}
+        if spec.kind == "issuer_concentration":
+            failing |= {(spec.id, u) for u, v in counted.items() if over(abs(v), spec.max_pct, nav)}
+        elif spec.kind == "ucits_5_10_40":
+            failing |= {(spec.id, u) for u, v in counted.items() if over(v, spec.max_pct, nav)}
+            total = sum(v for v in counted.values() if over(v, spec.threshold_pct, nav))
+            if over(total, spec.aggregate_pct, nav):
+                failing.add((spec.id, ""))
+        else:
+            lines = [(u, i) for u in counted for i in ref.by_index
+                     if i.spec.issuer_id == u and i.spec.asset_class == "equity" and units.get(i.index, 0) > 0]
+            if any(i.spec.shares_outstanding <= 0 for _, i in lines):
+                failing.add((spec.id, ""))  # unknown shares outstanding: fails closed
+                continue
+            voting = {u for u, i in lines if over(units[i.index], spec.voting_pct, i.spec.shares_outstanding)}
+            total = sum(max(v, 0.0) for u, v in counted.items() if over(v, spec.issuer_pct, nav) or u in voting)
+            if over(total, 100 - spec.diversified_pct, nav):
+                failing.add((spec.id, ""))
+    return failing, min(margins, default=1.0) < 1e-9
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_recheck_when_issuer_rules_share_a_scope_then_breaches_match_plain_python_oracle(seed):
+    rng = np.random.default_rng(seed)
+    specs = [rule("ic", "issuer_concentration", max_pct=9), rule("u", "ucits_5_10_40", "SOFT"),
+             rule("a", "act40_75_5_10", "WARN"),
+             rule("a2", "act40_75_5_10", issuer_pct=4, voting_pct=0.05, diversified_pct=80,
+                  exempt_classes=[]),  # a second voting pct: evaluated without the cache
+             rule("so", "shares_outstanding", max_pct=0.08)]
+    cr, pf = build(specs)
+    usd_lines = [A1, A2, B, C, D, E, Z, UST]
+    checked, kinds = 0, set()
+    for step in range(80):
+        for _ in range(int(rng.integers(1, 4))):
+            a, i = int(rng.choice([F1A, F1B])), int(rng.choice(usd_lines))
+            pf.position[a, i] = max(0, int(pf.position[a, i]) + int(rng.integers(-400, 500)))
+            pf.working_buy[a, i] = int(rng.integers(0, 200))
+            cr.touch(a, i)
+        moved = rng.random(len(UNIVERSE)) < 0.5
+        for i in np.flatnonzero(moved).tolist():
+            pf.tick(i, 0, 0, int(rng.integers(3_000, 20_000)), step + 2)
+        cr.recheck(moved)
+        want, close = post_trade_oracle(pf, (F1A, F1B), specs[:4])
+        if close:
+            continue
+        got = {(b.rule_id, b.scope_key.partition("/issuer:")[2]) for b in cr.breaches() if b.rule_id != "so"}
+        assert got == want, step
+        fresh = ComplianceRules(specs, pf.ref, pf)
+        fresh.recheck()
+        assert [(b.rule_id, b.scope_key) for b in fresh.breaches()] == \
+               [(b.rule_id, b.scope_key) for b in cr.breaches()]
+        kinds |= {rule_id for rule_id, _ in want}
+        for _ in range(10):  # pre-trade on the warm caches == on a fresh book
+            order = (int(rng.choice([F1A, F1B])), int(rng.choice(usd_lines)), int(rng.integers(2)),
+                     int(rng.integers(1, 600)), int(rng.integers(3_000, 20_000)))
+            out, ref_out = cr.check_order(*order), fresh.check_order(*order)
+            assert (out.severity, out.code, out.text) == (ref_out.severity, ref_out.code, ref_out.text)
+        checked += 1
+    assert checked > 60 and kinds == {"ic", "u", "a", "a2"}  # every rule breached at some step
     cr.validate()
