@@ -31,6 +31,7 @@ import zmq
 
 from engine.constants import Side, TimeInForce
 from engine.messages import SubmitOrder
+from gateways.client import KilatClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,8 +60,40 @@ def orders(n: int, tag: str) -> list[bytes]:
         side = Side.BUY if i % 2 else Side.SELL
         price = 15_000 + (i % 50) * (-1 if side == Side.BUY else 1) - (25 if side == Side.BUY else -25)
         out.append(enc(SubmitOrder("FUND1" if i % 2 else "MM1", f"{tag}{i}", "AAPL", side, 1 + i % 5,
-                                   price=price, tif=TimeInForce.GTC)))
+                                   price=price, tif=TimeInForce.GTC, user="bob")))
     return out
+
+
+def bench_config(scratch: Path) -> Path:
+    """The default configuration, risk and compliance on, with throttles opened up to the rates
+    this benchmark sends (the default 500 orders per second per account would refuse most)."""
+    text = (ROOT / "config" / "kilat.toml").read_text()
+    for name, value in (("max_orders_per_window = 500", "max_orders_per_window = 50000"),
+                        ("max_modifies_per_window = 500", "max_modifies_per_window = 50000"),
+                        ("max_orders_per_window = 1000", "max_orders_per_window = 50000"),
+                        ("max_modifies_per_window = 1000", "max_modifies_per_window = 50000")):
+        if name not in text:
+            raise RuntimeError(f"config/kilat.toml no longer has {name!r}: update bench_config")
+        text = text.replace(name, value)
+    path = scratch / "bench.toml"
+    path.write_text(text)
+    return path
+
+
+def seed_price(endpoint: str) -> None:
+    """Risk denies orders with no reference price: an admin posts one first."""
+    with KilatClient(endpoint, user="admin") as admin:
+        admin.price("AAPL", 14_990, 15_010, 15_000)
+
+
+def first_replies(endpoint: str, account: str, tag: str) -> dict[str, int]:
+    """After timing: what the server answered (accepted, held for approval, denied...)."""
+    with KilatClient(endpoint, user="bob") as kc:
+        orders_seen = [o for o in kc.orders(account=account) if o.cl_ord_id.startswith(tag)]
+    counts: dict[str, int] = {}
+    for o in orders_seen:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return counts
 
 
 def round_trip(endpoint: str, payloads: list[bytes]) -> dict:
@@ -137,10 +170,19 @@ def main() -> None:
             echo.kill()
         kilat_ep = f"tcp://127.0.0.1:{free_port()}"
         server = start([sys.executable, "-m", "kilat", "serve", "--endpoint", kilat_ep,
-                        "--data-dir", str(scratch / "data")])
+                        "--data-dir", str(scratch / "data"), "--config", str(bench_config(scratch))])
         try:
+            seed_price(kilat_ep)
             result["kilat_round_trip"] = round_trip(kilat_ep, orders(args.orders, "r"))
             result["kilat_pipelined"] = pipelined(kilat_ep, orders(args.orders, "p"), args.window)
+            statuses = {tag: {a: first_replies(kilat_ep, a, tag) for a in ("FUND1", "MM1")}
+                        for tag in ("r", "p")}
+            result["order_statuses"] = statuses
+            accepted = sum(n for per in statuses.values() for counts in per.values()
+                           for status, n in counts.items() if status in ("New", "PendingApproval"))
+            if accepted < args.orders:  # the check after timing: orders reached the book (or a hold)
+                raise RuntimeError(f"only {accepted} of {2 * args.orders} orders were accepted or held: "
+                                   f"{statuses}")
         finally:
             server.terminate()
             server.wait(10)

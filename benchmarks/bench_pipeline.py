@@ -94,16 +94,17 @@ def _timed(pipe, cmds: list, journal) -> tuple[list[int], int]:
     for cmd in cmds[:2_000]:
         pipe.process(cmd)
     clock = time.perf_counter_ns
-    samples, refused = [], 0
+    samples, outcomes = [], {}
     process = pipe.process
     for i, cmd in enumerate(cmds[2_000:]):
         t0 = clock()
         events = process(cmd)
         samples.append(clock() - t0)
-        refused += bool(events) and type(events[0]).__name__ in ("OrderDenied", "OrderRejected")
+        first = type(events[0]).__name__ if events else "none"
+        outcomes[first] = outcomes.get(first, 0) + 1
         if i % 512 == 511:
             journal.commit()
-    return samples, refused
+    return samples, outcomes
 
 
 def latency_with_stages(cmds: list, scratch: Path) -> dict:
@@ -130,10 +131,10 @@ def latency_with_stages(cmds: list, scratch: Path) -> dict:
     with JournalWriter(path, fsync=False) as journal:
         pipe = build_pipeline(config, ref, NumbaBook(len(ref.by_index), 1_000_000, 1024, 10_000), journal)
         pipe.process(PriceTick("AAPL", 14_990, 15_010, 15_000, 1, "admin"))
-        samples, refused = _timed(pipe, cmds, journal)
+        samples, outcomes = _timed(pipe, cmds, journal)
         pipe.validate()
     path.unlink()
-    return {**pct(samples), "refused": refused}
+    return {**pct(samples), "first_event_of_each_command": outcomes}
 
 
 def edge_floor(cmds: list) -> dict:

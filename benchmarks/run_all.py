@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_book.py", "bench_real_flow.py", "bench_pipeline.py", "bench_journal.py",
-           "bench_order_entry.py", "bench_risk.py", "bench_compliance.py", "bench_surveillance.py"]
+           "bench_order_entry.py", "bench_risk.py", "bench_compliance.py", "bench_surveillance.py",
+           "bench_pretrade.py"]
 
 
 def main() -> int:

@@ -219,6 +219,8 @@ class Pipeline:
         self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
         self.replaying = False
         self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
+        self.defer_observe = False
+        self._unobserved: list = []  # live (record, events) whose stage 8 is deferred
         self.cl_ord_ids: dict[tuple[str, str], int] = {}  # (account, ClOrdID) -> order id, 0 = request
         self.next_order_id = 1
         self.next_exec_id = 1
@@ -379,9 +381,22 @@ class Pipeline:
         return results
 
     def _observe_live(self, done: list[tuple[object, list]]) -> None:
-        """Stage 8 for one live batch, then a journaled mark of where the batch ended."""
+        """Stage 8 for one live batch, then a journaled mark of where the batch ended; or, with
+        ``defer_observe``, kept for ``observe_pending`` (the service runs it once the batch's
+        replies have left, so acknowledgements do not wait for surveillance)."""
+        if self.defer_observe:
+            self._unobserved.extend(done)
+            return
         self._observe(done)
         self._journal(_BATCH_END)
+
+    def observe_pending(self) -> None:
+        """Stage 8 for what ``defer_observe`` kept back: one batch, one ``BatchEnd``. It must
+        run before the next command is checked (the service calls it right after sending)."""
+        if self._unobserved:
+            done, self._unobserved = self._unobserved, []
+            self._observe(done)
+            self._journal(_BATCH_END)
 
     def _observe(self, done: list[tuple[object, list]]) -> None:
         """Stage 8: every observing stage sees the journaled commands with their events."""
@@ -710,7 +725,7 @@ class Pipeline:
             return out
         if op == _OP_CANCEL_HELD:
             self._note_request(cmd)
-            self._cancel_held(lambda o: o is p.order, int(RejectCode.CANCEL_REQUESTED), cmd.ts, out)
+            self._cancel_held_ids([p.order.order_id], int(RejectCode.CANCEL_REQUESTED), cmd.ts, out)
             return out
         order = p.order  # _OP_DECIDE
         submit = self.held.pop(order.order_id)
@@ -729,7 +744,11 @@ class Pipeline:
 
     def _cancel_held(self, match, code: int, ts: int, out: list) -> None:
         """Cancel held orders that ``match``; they never reached the book. O(held)."""
-        for oid in [oid for oid, _ in self.held.items() if match(self.orders[oid])]:
+        self._cancel_held_ids([oid for oid in self.held if match(self.orders[oid])], code, ts, out)
+
+    def _cancel_held_ids(self, ids: list[int], code: int, ts: int, out: list) -> None:
+        """Cancel these held orders. O(len(ids))."""
+        for oid in ids:
             order = self.orders[oid]
             del self.held[oid]
             leaves = order.qty - order.cum_qty
@@ -975,6 +994,8 @@ class Pipeline:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes, at ``self.seq``."""
+        if self._unobserved:
+            raise RuntimeError("stage 8 has not observed the last batch: call observe_pending() first")
         state = _Snapshot(
             seq=self.seq,
             next_order_id=self.next_order_id,

@@ -67,9 +67,11 @@ class OrderEntryServer:
 
     def __init__(self, endpoint: str, handler: Handler, *, max_batch: int = 512,
                  max_message_bytes: int = 65_536, hwm: int = 100_000,
-                 clock: Callable[[], int] = time.time_ns):
+                 clock: Callable[[], int] = time.time_ns,
+                 after_send: Callable[[], list[Outgoing]] | None = None):
         self.endpoint = endpoint
         self.handler = handler
+        self.after_send = after_send  # work that may follow the replies (it may push more)
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.clock = clock
@@ -168,6 +170,11 @@ class OrderEntryServer:
             outgoing = self.handler(requests) if requests else []
         self.stats.batches += 1
         self.send(errors + outgoing)
+        if requests and self.after_send is not None:
+            async with self.lock:
+                later = self.after_send()
+            if later:
+                self.send(later)
 
     def _decode(self, parts: list[bytes], now: int) -> Request | Outgoing | None:
         identity = parts[0]

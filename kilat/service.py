@@ -92,6 +92,7 @@ class Engine:
                 f"at {self.journal.last_seq}"
             )
         self.pipeline.journal = self.journal
+        self.pipeline.defer_observe = True  # stage 8 runs after the replies leave (Service.after_send)
         self.snapshot_seq = self.recovery.snapshot_seq
 
     def process(self, cmd) -> list:
@@ -101,13 +102,18 @@ class Engine:
         return self.journal.commit()
 
     def write_snapshot(self) -> Path:
-        """Write the state at the current seq (after a commit, so it covers durable input only)."""
+        """Write the state at the current seq (after a commit, so it covers durable input only);
+        stage 8 observes first, and its mark is committed with it."""
+        self.pipeline.observe_pending()
+        self.journal.commit()
         path = write_snapshot(self.snapshot_dir, self.pipeline.seq, self.pipeline.snapshot())
         prune_snapshots(self.snapshot_dir, keep=3)
         self.snapshot_seq = self.pipeline.seq
         return path
 
     def close(self) -> None:
+        self.pipeline.observe_pending()
+        self.journal.commit()
         self.journal.close()
 
 
@@ -155,7 +161,7 @@ class Service:
         server_cfg = config.server
         self.server = OrderEntryServer(
             endpoint or server_cfg.endpoint, self.handle, max_batch=server_cfg.max_batch,
-            max_message_bytes=server_cfg.max_message_bytes,
+            max_message_bytes=server_cfg.max_message_bytes, after_send=self.after_send,
         )
         self.owners: dict[int, bytes] = {}  # order id -> identity of the session that sent it
         self.officers: set[bytes] = set()  # sessions of compliance officers: alerts are pushed there
@@ -174,6 +180,7 @@ class Service:
         engine = self.engine
         now = max((getattr(r.message, "ts", 0) for r in requests), default=0)
         pushes: dict[bytes, list] = {}
+        engine.pipeline.observe_pending()  # if the last batch's after_send did not run
         self._expire_due(now or time.time_ns(), pushes)
         answers: list[tuple[Request, list]] = []
         pending: list[Request] = []
@@ -253,6 +260,15 @@ class Service:
                 pushes.setdefault(owner, []).append(event)
         self._push_notices(pushes)
 
+    def after_send(self) -> list[Outgoing]:
+        """Stage 8 for the batch whose replies just left: post-trade checks and surveillance
+        (their mark is journaled and committed with the next batch or the timer), then the
+        alerts they raised, pushed to officers."""
+        self.engine.pipeline.observe_pending()
+        pushes: dict[bytes, list] = {}
+        self._push_notices(pushes)
+        return [Outgoing(identity, b"", events) for identity, events in pushes.items()]
+
     def _push_notices(self, pushes: dict[bytes, list]) -> None:
         """Alerts raised in stage 8 go to every officer session that has spoken."""
         notices = self.engine.pipeline.notices
@@ -298,6 +314,8 @@ class Service:
             async with self.server.lock:
                 pushes: dict[bytes, list] = {}
                 self._expire_due(time.time_ns(), pushes)
+                self.engine.pipeline.observe_pending()
+                self._push_notices(pushes)
                 self.engine.commit()
             if pushes:
                 self.server.send([Outgoing(i, b"", e) for i, e in pushes.items()])
