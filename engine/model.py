@@ -53,6 +53,8 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     asset_class: str = "equity"
     shares_outstanding: int = 0  # units the issuer has out; 0 = unknown (rules on it fail closed)
     adv: int = 0  # average daily volume in lots; 0 = unknown (rules on it fail closed)
+    mic: str = ""  # the exchange whose calendar sets trade and settlement dates (ISO 10383)
+    settlement_days: int = 1  # T+n business days on that calendar
 
     @property
     def issuer_id(self) -> str:
@@ -67,6 +69,8 @@ class AccountSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fund: str = ""  # the fund this account trades for; "" = the account is its own fund
     owner: str = ""  # beneficial owner (surveillance); "" = the account itself
     cash: dict[str, Decimal] = {}  # opening cash per ISO 4217 currency, in major units
+    pnl_method: Literal["average", "fifo"] = "average"  # realised P&L; one method per fund
+    custodian: str = ""  # where settled positions are held (a location); "" = "CUSTODY"
 
     @property
     def fund_id(self) -> str:
@@ -125,6 +129,11 @@ class ReferenceData:
                 raise ConfigError(f"{field}.id: duplicate account {acc.id!r}")
             self.accounts[acc.id] = acc
             self.account_index[acc.id] = len(self.account_index)
+        methods: dict[str, str] = {}
+        for field, acc in _indexed("accounts", accounts):
+            if methods.setdefault(acc.fund_id, acc.pnl_method) != acc.pnl_method:
+                raise ConfigError(f"{field}.pnl_method: every account of fund {acc.fund_id!r} must use "
+                                  f"{methods[acc.fund_id]!r}, got {acc.pnl_method!r}")
         #: Users by name. Empty = entitlements are not checked (an engine run alone, in tests).
         self.users: dict[str, UserSpec] = {}
         for field, user in _indexed("users", users):
@@ -168,6 +177,8 @@ def _check_instrument(field: str, spec: InstrumentSpec) -> None:
     for name in ("shares_outstanding", "adv"):
         if getattr(spec, name) < 0:
             raise ConfigError(f"{field}.{name}: expected 0 (unknown) or a positive integer")
+    if not 0 <= spec.settlement_days <= 10:
+        raise ConfigError(f"{field}.settlement_days: expected 0 to 10 business days, got {spec.settlement_days}")
 
 
 def price_to_ticks(spec: InstrumentSpec, price: Decimal | str, where: str = "price") -> int:
