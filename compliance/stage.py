@@ -42,11 +42,15 @@ from engine.messages import (
     SetKillSwitch,
     SetLocate,
     SubmitOrder,
+    TradeBusted,
+    TradeCorrected,
     UpdateIssuerList,
 )
 from engine.pipeline import Screening
 
 _PASS, _HARD = int(Severity.PASS), int(Severity.HARD)
+# Events that move a position: the post-trade rules re-check the instrument.
+_POSITION_EVENTS = (OrderFilled, TradeBusted, TradeCorrected)
 
 # Commands after which every aggregate is rebuilt (they touch many cells at once).
 _REFRESH_ALL = (EndOfDay, MassCancel, SetKillSwitch)
@@ -176,7 +180,7 @@ class ComplianceStage:
                 order = orders.get(getattr(event, "order_id", 0))
                 if order is not None:
                     cells.add((order.account, order.instrument))
-                if type(event) is OrderFilled and order is not None:
+                if type(event) in _POSITION_EVENTS and order is not None:
                     if changed is None:
                         changed = np.zeros(self._n_instruments, dtype=np.bool_)
                     changed[order.instrument] = True

@@ -108,6 +108,7 @@ class RejectCode(IntEnum):
     ORDER_HELD = 1020  # a held order cannot be modified until it is approved
     FOUR_EYES = 1021  # the approver submitted the order
     INVALID_CONTROL = 1022  # a control command's fields are invalid
+    UNKNOWN_EXECUTION = 1023  # a bust or correction names no execution of the day
     # -- 11xx duplicate detection --
     DUPLICATE_CL_ORD_ID = 1101
 

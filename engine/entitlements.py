@@ -6,7 +6,8 @@ command                who may send it
 orders                 a PM or trader for an account in their list (an admin may cancel any)
 officer actions        a compliance officer (approve/reject holds, alerts, issuer lists, locates)
 risk controls          an admin (the kill switch: an admin or a compliance officer)
-prices, day, snapshot  an admin (the live feed arrives with the gateways)
+prices, day, snapshot, busts and corrections
+                       an admin (the live feed and venues arrive with the gateways)
 =====================  =========================================================================
 
 With no users configured (the engine run alone, as in its own tests) nothing is checked.
@@ -20,7 +21,9 @@ from engine.messages import (
     ALERT_COMMANDS,
     AdvanceTime,
     ApproveOrder,
+    BustTrade,
     CancelOrder,
+    CorrectTrade,
     EndOfDay,
     MassCancel,
     ModifyOrder,
@@ -51,6 +54,8 @@ _ROLES_BY_KIND: dict[type, frozenset[str]] = {
     SetTradingState: _ADMIN,
     SetKillSwitch: frozenset({"admin", "compliance"}),
     PriceTick: _ADMIN,
+    BustTrade: _ADMIN,
+    CorrectTrade: _ADMIN,
     EndOfDay: _ADMIN,
     TakeSnapshot: _ADMIN,
 }

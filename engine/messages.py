@@ -123,6 +123,31 @@ class PriceTick(msgspec.Struct, **_HOT):
     user: str = ""
 
 
+# -- COMMANDS: operations (busts and corrections; venues send theirs with the gateways issue) ----
+
+
+class BustTrade(msgspec.Struct, **_HOT):
+    """Cancel an execution (FIX ExecType TradeCancel): both sides of the trade are reversed in
+    orders, positions, cash and P&L. Named by either side's ``exec_id``."""
+
+    exec_id: I64
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class CorrectTrade(msgspec.Struct, **_HOT):
+    """Correct an execution's quantity (not above the original) and/or price (FIX ExecType
+    TradeCorrect); both sides are adjusted."""
+
+    exec_id: I64
+    qty: I64
+    price: I64
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
 # -- COMMANDS: compliance officers --------------------------------------------------------------
 
 
@@ -317,7 +342,7 @@ class QueryPositions(msgspec.Struct, **_HOT):
 
 Command = (
     SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot | PriceTick
-    | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
+    | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
     | DismissAlert | CommentAlert | UpdateIssuerList | SetLocate | SetRiskLimit | SetKillSwitch
     | SetTradingState
 )
@@ -330,7 +355,7 @@ ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, C
 #: Commands that change state; only these reach the journal.
 STATE_COMMANDS = (
     SubmitOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
-    PriceTick, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
+    PriceTick, BustTrade, CorrectTrade, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
     SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, DeniedOrder, BatchEnd,
 )
 
@@ -446,6 +471,43 @@ class OrderTriggered(msgspec.Struct, **_HOT):
     ts: int
 
 
+class TradeBusted(msgspec.Struct, **_HOT):
+    """One side of a busted trade: ``qty`` at ``price`` no longer happened. The order keeps its
+    leaves (the busted quantity is not offered again: its total qty is reduced by it)."""
+
+    exec_id: int
+    order_id: int
+    account: str
+    cl_ord_id: str
+    symbol: str
+    side: Side
+    qty: int
+    price: int
+    cum_qty: int
+    avg_px: float
+    reason: str
+    ts: int
+
+
+class TradeCorrected(msgspec.Struct, **_HOT):
+    """One side of a corrected trade: it now reads ``qty`` at ``price``."""
+
+    exec_id: int
+    order_id: int
+    account: str
+    cl_ord_id: str
+    symbol: str
+    side: Side
+    old_qty: int
+    old_price: int
+    qty: int
+    price: int
+    cum_qty: int
+    avg_px: float
+    reason: str
+    ts: int
+
+
 class OrderHeld(msgspec.Struct, **_HOT):
     """A SOFT compliance breach: the order waits in PendingApproval for a compliance officer."""
 
@@ -508,6 +570,8 @@ Event = (
     | OrderCancelRejected
     | OrderExpired
     | OrderTriggered
+    | TradeBusted
+    | TradeCorrected
     | OrderHeld
     | OrderReleased
     | AlertRaised

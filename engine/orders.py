@@ -47,6 +47,7 @@ class Transition(StrEnum):
     TRIGGER = "trigger"
     EXPIRE = "expire"
     DONE_FOR_DAY = "done_for_day"
+    TRADE_BUST = "trade_bust"  # an execution was busted or corrected (FIX TradeCancel/Correct)
 
 
 S, T = OrderStatus, Transition
@@ -77,6 +78,10 @@ def _table() -> dict[tuple[OrderStatus, Transition], OrderStatus]:
         t[(status, T.REQUEST_REPLACE)] = S.PENDING_REPLACE
         t[(status, T.REPLACE)] = status
         t[(status, T.TRIGGER)] = status
+    # A bust leaves an order where it was; a working order with no fills left reads New again
+    # (``apply`` turns New into PartiallyFilled while fills remain).
+    for status in (*_WORKING, *_PENDING, S.FILLED, S.CANCELED, S.EXPIRED, S.DONE_FOR_DAY):
+        t[(status, T.TRADE_BUST)] = S.NEW if status in _WORKING else status
     t[(S.PENDING_REPLACE, T.REPLACE)] = S.NEW
     t[(S.PENDING_REPLACE, T.REPLACE_REJECT)] = S.NEW
     t[(S.PENDING_CANCEL, T.REPLACE_REJECT)] = S.NEW
@@ -140,6 +145,7 @@ class Order(msgspec.Struct, gc=False):
     updated_ts: int = 0
     triggered: bool = False
     user: str = ""  # who entered it (kill switch per trader, four-eyes approval)
+    busted_qty: int = 0  # lots of busted executions, taken off ``qty`` (they are not re-offered)
 
     # -- COMMANDS --
 
@@ -166,6 +172,21 @@ class Order(msgspec.Struct, gc=False):
         self.cum_qty += qty
         self.notional += qty * price
         self.apply(_T_FILL if self.cum_qty == self.qty else _T_PARTIAL_FILL, ts)
+
+    def unfill(self, qty: int, price: int, new_qty: int, new_price: int, ts: int) -> None:
+        """An execution of ``qty`` at ``price`` is busted (``new_qty`` 0) or corrected to
+        ``new_qty`` at ``new_price``. The lots taken away leave the order (``qty`` shrinks by
+        them and ``busted_qty`` grows), so its leaves and its place in the book do not change.
+        O(1)."""
+        if not 0 <= new_qty <= qty <= self.cum_qty:
+            raise InvalidTransition(f"order {self.order_id}: cannot correct a {qty}-lot fill to "
+                                    f"{new_qty} with {self.cum_qty} filled")
+        removed = qty - new_qty
+        self.cum_qty -= removed
+        self.qty -= removed
+        self.busted_qty += removed
+        self.notional += new_qty * new_price - qty * price
+        self.apply(T.TRADE_BUST, ts)
 
     # -- QUERIES --
 

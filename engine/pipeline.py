@@ -73,9 +73,11 @@ from engine.messages import (
     AdvanceTime,
     ApproveOrder,
     BatchEnd,
+    BustTrade,
     CancelOrder,
     CommandDone,
     CommandError,
+    CorrectTrade,
     DeniedOrder,
     EndOfDay,
     MassCancel,
@@ -97,6 +99,8 @@ from engine.messages import (
     ScreenedOrder,
     SubmitOrder,
     TakeSnapshot,
+    TradeBusted,
+    TradeCorrected,
 )
 from engine.model import ReferenceData
 from engine.orders import Order, OrderStatus, Transition
@@ -180,6 +184,7 @@ _S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
 
 # Operations the pipeline runs itself (the book's OP_* are below 100).
 _OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL, _OP_AUDIT = 100, 101, 102, 103, 104, 105
+_OP_TRADE_FIX = 106
 
 
 _BATCH_END = BatchEnd()
@@ -216,6 +221,9 @@ class Pipeline:
         self.stages = tuple(stages)
         self.orders: dict[int, Order] = {}
         self.held: dict[int, SubmitOrder] = {}  # orders waiting for approval -> their command
+        # today's executions: exec id -> [order id, qty, price, the other side's exec id (0: none)];
+        # what a bust or a correction works on. Cleared at the end of the day.
+        self.executions: dict[int, list[int]] = {}
         self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
         self.replaying = False
         self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
@@ -431,6 +439,8 @@ class Pipeline:
             return self._check_price(cmd)
         if kind is ApproveOrder or kind is RejectHeldOrder:
             return self._check_decision(cmd)
+        if kind is BustTrade or kind is CorrectTrade:
+            return self._check_trade_fix(cmd)
         if kind is DeniedOrder:
             if run_hooks:
                 raise TypeError("a DeniedOrder comes from the journal only")
@@ -471,6 +481,22 @@ class Pipeline:
                 f"bid={cmd.bid} ask={cmd.ask} last={cmd.last}"
             ))]
         return _Prepared(_OP_PRICE, cmd)
+
+    def _check_trade_fix(self, cmd: BustTrade | CorrectTrade):
+        execution = self.executions.get(cmd.exec_id)
+        if execution is None:
+            return [CommandError(int(RejectCode.UNKNOWN_EXECUTION),
+                                 f"no execution {cmd.exec_id} today (busted already, or before the last end of day)")]
+        if type(cmd) is CorrectTrade:
+            order = self.orders[execution[0]]
+            inst = self.ref.by_index[order.instrument]
+            if not 0 < cmd.qty <= execution[1]:
+                return [CommandError(int(RejectCode.INVALID_QUANTITY),
+                                     f"a corrected qty must be 1 to {execution[1]} lots (the original), got {cmd.qty}")]
+            if not inst.band_low <= cmd.price <= inst.band_high:
+                return [CommandError(int(RejectCode.PRICE_OUTSIDE_BAND),
+                                     f"a corrected price must lie in [{inst.band_low}, {inst.band_high}] ticks, got {cmd.price}")]
+        return _Prepared(_OP_TRADE_FIX, cmd)
 
     def _check_decision(self, cmd: ApproveOrder | RejectHeldOrder):
         order = self.orders.get(cmd.order_id)
@@ -706,6 +732,8 @@ class Pipeline:
         cmd, op, out = p.cmd, p.op, []
         if op == _OP_AUDIT:
             return out  # a refusal kept for the audit trail: no state
+        if op == _OP_TRADE_FIX:
+            return self._fix_trade(cmd)
         if op == _OP_PRICE:
             self.portfolio.tick(self.ref.instruments[cmd.symbol].index, cmd.bid, cmd.ask, cmd.last, cmd.ts)
             return out
@@ -741,6 +769,36 @@ class Pipeline:
         if self._emit:
             out.append(OrderReleased(order.order_id, order.account, order.cl_ord_id, cmd.user, cmd.reason, cmd.ts))
         return self._apply(self.book.submit(*self._book_fields(order, submit)), cmd.ts, order, out)
+
+    def _fix_trade(self, cmd: BustTrade | CorrectTrade) -> list:
+        """Bust or correct both sides of a trade: the orders' fills, positions and cash (and,
+        through stage 8, every stage that follows them). O(1)."""
+        first = self.executions[cmd.exec_id]
+        sides = [cmd.exec_id] + ([first[3]] if first[3] else [])
+        bust = type(cmd) is BustTrade
+        out = []
+        for exec_id in sides:
+            order_id, qty, price, _ = self.executions[exec_id]
+            order = self.orders[order_id]
+            new_qty, new_price = (0, price) if bust else (cmd.qty, cmd.price)
+            order.unfill(qty, price, new_qty, new_price, cmd.ts)
+            self.portfolio.unfill(order, qty, price)
+            if bust:
+                del self.executions[exec_id]
+            else:
+                self.portfolio.rebook(order, new_qty, new_price)
+                self.executions[exec_id][1:3] = [new_qty, new_price]
+            if not self._emit:
+                continue
+            avg = order.notional / order.cum_qty if order.cum_qty else 0.0
+            if bust:
+                out.append(TradeBusted(exec_id, order_id, order.account, order.cl_ord_id, order.symbol,
+                                       order.side, qty, price, order.cum_qty, avg, cmd.reason, cmd.ts))
+            else:
+                out.append(TradeCorrected(exec_id, order_id, order.account, order.cl_ord_id, order.symbol,
+                                          order.side, qty, price, new_qty, new_price, order.cum_qty,
+                                          avg, cmd.reason, cmd.ts))
+        return out
 
     def _cancel_held(self, match, code: int, ts: int, out: list) -> None:
         """Cancel held orders that ``match``; they never reached the book. O(held)."""
@@ -852,8 +910,11 @@ class Pipeline:
             return  # already acknowledged; the order simply works
         if etype == TRADE:
             price, qty = row[EV_PRICE], row[EV_QTY]
+            taker = self.next_exec_id
             self._fill(orders[row[EV_OID]], qty, price, False, ts, out)
             self._fill(orders[row[EV_OTHER]], qty, price, True, ts, out)
+            self.executions[taker][3] = taker + 1  # the two sides of one trade know each other
+            self.executions[taker + 1][3] = taker
         elif etype == CANCEL:
             order = orders[row[EV_OID]]
             code = row[EV_REASON]
@@ -916,6 +977,7 @@ class Pipeline:
         self._pf_fill(order, qty, price)
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
+        self.executions[exec_id] = [order.order_id, qty, price, 0]
         if out is None:
             return
         out.append(OrderFilled(
@@ -935,6 +997,7 @@ class Pipeline:
         for oid in done:
             del orders[oid]
         self.cl_ord_ids = {key: oid for key, oid in self.cl_ord_ids.items() if oid in orders}
+        self.executions.clear()  # busts and corrections are for the trading day
 
     # -- QUERIES --------------------------------------------------------------------------------
 
@@ -986,6 +1049,7 @@ class Pipeline:
         h.update(self._encode(sorted(self.cl_ord_ids.items())))
         h.update(self.portfolio.state_hash())
         h.update(self._encode(sorted(self.held.items())))
+        h.update(self._encode(sorted(self.executions.items())))
         for stage in self.stages:
             h.update(stage.state_hash())
         return h.hexdigest()
@@ -1007,6 +1071,7 @@ class Pipeline:
             accounts=list(self._account_index),
             portfolio=self.portfolio.dump(),
             held=sorted(self.held.items()),
+            executions=sorted(self.executions.items()),
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1031,6 +1096,7 @@ class Pipeline:
         self.book.load(state.book)
         self.portfolio.load(state.portfolio)
         self.held = dict(state.held)
+        self.executions = {e: list(v) for e, v in state.executions}
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1069,6 +1135,7 @@ class _Snapshot(msgspec.Struct):
     portfolio: bytes
     held: list[tuple[int, SubmitOrder]]
     stages: list[bytes]
+    executions: list[tuple[int, list[int]]] = []
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

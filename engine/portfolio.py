@@ -156,6 +156,30 @@ class Portfolio:
             self.working_sell[a, i] -= qty
             self.cash[a, c] += cost
 
+    def unfill(self, order, qty: int, price: int) -> None:
+        """Take back an execution of ``qty`` at ``price`` (a bust; a correction takes back the
+        old figures and books the new ones with ``rebook``): position and cash exactly as
+        before it. Working lots and holds are untouched (the order's leaves do not change).
+        O(1)."""
+        self._book(order, -qty, price)
+
+    def rebook(self, order, qty: int, price: int) -> None:
+        """Book an execution's corrected figures (position and cash only). O(1)."""
+        self._book(order, qty, price)
+
+    def _book(self, order, qty: int, price: int) -> None:
+        a, i = self.ref.account_index[order.account], order.instrument
+        c = self.inst_currency[i]
+        sign = 1 if qty >= 0 else -1
+        cost = sign * self.notional_minor(i, price, abs(qty))
+        self.traded[i] += qty
+        if order.side == BUY:
+            self.position[a, i] += qty
+            self.cash[a, c] -= cost
+        else:
+            self.position[a, i] -= qty
+            self.cash[a, c] += cost
+
     def close(self, order, leaves: int) -> None:
         """An order stops working with ``leaves`` lots unfilled (cancel, expiry, reject, deny).
         O(1)."""

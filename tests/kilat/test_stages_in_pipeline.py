@@ -201,3 +201,41 @@ def test_wash_trade_between_two_accounts_of_one_owner_raises_a_surveillance_aler
     p.process(SubmitOrder("FUND1", "w2", "AAPL", BUY, 100, price=19_000, ts=2 * 10**9, user="bob"))
     wash = [n for n in p.notices if type(n) is AlertRaised and n.rule_id == "wash_trades"]
     assert len(wash) == 1 and wash[0].source == "surveillance" and len(wash[0].exec_ids) == 2
+
+
+def test_bust_reverses_both_sides_in_orders_positions_and_cash_and_recovers_identically(tmp_path):
+    from engine.journal import JournalWriter
+    from engine.messages import BustTrade, CorrectTrade, TradeBusted, TradeCorrected
+    from engine.recovery import recover
+
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    pipe = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100), journal)
+    pipe.process(PriceTick("AAPL", 18_990, 19_010, 19_000, 1, "admin"))
+    pf, usd = pipe.portfolio, pipe.portfolio.currency_index["USD"]
+    fund1, mm1 = REF.account_index["FUND1"], REF.account_index["MM1"]
+    cash_before = (int(pf.cash[fund1, usd]), int(pf.cash[mm1, usd]))
+    pipe.process(SubmitOrder("MM1", "s1", "AAPL", SELL, 300, price=19_000, ts=10, user="bob"))
+    fills = [e for e in pipe.process(buy("b1", 500)) if type(e) is OrderFilled]
+    taker = next(f for f in fills if f.account == "FUND1")
+    assert pf.position[fund1, 0] == 300 and pf.position[mm1, 0] == -300
+
+    corrected = pipe.process(CorrectTrade(taker.exec_id, 200, 18_995, "wrong price", 20, "admin"))
+    assert [type(e) for e in corrected[:2]] == [TradeCorrected, TradeCorrected]
+    assert pf.position[fund1, 0] == 200 and pf.position[mm1, 0] == -200
+    assert int(pf.cash[fund1, usd]) == cash_before[0] - 200 * 18_995  # ticks of 0.01 = cents
+    buyer = pipe.orders[taker.order_id]
+    assert (buyer.cum_qty, buyer.qty, buyer.leaves_qty, buyer.busted_qty) == (200, 400, 200, 100)
+
+    busted = pipe.process(BustTrade(taker.exec_id, "erroneous", 21, "admin"))
+    assert [(type(e), e.cum_qty) for e in busted[:2]] == [(TradeBusted, 0), (TradeBusted, 0)]
+    assert pf.position[fund1, 0] == 0 and pf.position[mm1, 0] == 0
+    assert (int(pf.cash[fund1, usd]), int(pf.cash[mm1, usd])) == cash_before
+    assert buyer.status is OrderStatus.NEW and buyer.leaves_qty == 200  # still working, same leaves
+    again = pipe.process(BustTrade(taker.exec_id, "twice", 22, "admin"))
+    assert type(again[0]) is CommandError and again[0].code == RejectCode.UNKNOWN_EXECUTION
+    assert pipe.process(BustTrade(fills[0].exec_id, "", 23, "alice"))[0].code == RejectCode.NOT_ENTITLED
+    pipe.validate()
+    journal.commit()
+    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.state_hash() == pipe.state_hash()
