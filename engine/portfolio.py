@@ -40,6 +40,14 @@ class Portfolio:
         self.ref = ref
         n_a, n_i = len(ref.account_index), len(ref.by_index)
         currencies = {inst.spec.currency for inst in ref.by_index}
+        # An instrument of asset class "fx" named like EURUSD is a currency pair: its prices are
+        # FX rates (units of the quote currency, its own currency, per unit of the base).
+        self.fx_pair: list[str | None] = [
+            inst.symbol if inst.spec.asset_class == "fx" and len(inst.symbol) == 6
+            and inst.symbol[3:] == inst.spec.currency else None
+            for inst in ref.by_index
+        ]
+        currencies.update(pair[:3] for pair in self.fx_pair if pair)
         for acc in ref.accounts.values():
             currencies.add(acc.base_currency)
             currencies.update(acc.cash)
@@ -70,6 +78,7 @@ class Portfolio:
         )
         # Currency units per tick per lot, and the same in minor units as an exact fraction.
         self.unit_value = np.zeros(n_i, dtype=np.float64)
+        self._tick_size = [float(inst.spec.tick_size) for inst in ref.by_index]
         self._minor_per_tick_lot: list[tuple[int, int]] = []
         for k, inst in enumerate(ref.by_index):
             spec = inst.spec
@@ -88,6 +97,7 @@ class Portfolio:
         # fx[f, t]: units of t per unit of f; NaN where no rate is known (never assumed 1).
         self.fx = np.full((n_c, n_c), np.nan)
         np.fill_diagonal(self.fx, 1.0)
+        self._quotes: dict[str, float] = {}  # quoted pairs (config, then FX instruments' prices)
         for pair, rate in (fx_rates or {}).items():
             self.set_fx(pair, float(rate))
         self._hold_px: dict[int, int] = {}  # working buy order id -> the price its hold uses
@@ -101,22 +111,34 @@ class Portfolio:
         return (2 * price * qty * num + den) // (2 * den)
 
     def set_fx(self, pair: str, rate: float) -> None:
-        """Set ``pair`` (e.g. "EURUSD": USD per EUR) and its inverse; derive crosses through a
-        third currency only where no direct rate is known. O(currencies²)."""
+        """Quote ``pair`` (e.g. "EURUSD": USD per EUR), then rebuild the table: quoted pairs and
+        their inverses, and a cross (EURJPY from EURUSD and USDJPY) only where no direct quote
+        exists, through the first third currency (in code order) quoted against both. What no
+        quote reaches stays NaN: reported missing, never 1. O(currencies³), a few dozen."""
         if len(pair) != 6 or pair[:3] not in self.currency_index or pair[3:] not in self.currency_index:
             raise ConfigError(f"fx rate {pair!r}: expected two known ISO 4217 codes, e.g. EURUSD")
         if not rate > 0 or rate == float("inf"):
             raise ConfigError(f"fx rate {pair}: expected a positive finite rate, got {rate}")
-        f, t = self.currency_index[pair[:3]], self.currency_index[pair[3:]]
-        self.fx[f, t] = rate
-        self.fx[t, f] = 1.0 / rate
+        self._quotes[pair] = rate
+        self._rebuild_fx()
+
+    def _rebuild_fx(self) -> None:
+        fx = self.fx
+        fx[:] = np.nan
+        np.fill_diagonal(fx, 1.0)
+        index = self.currency_index
+        for pair, rate in self._quotes.items():
+            f, t = index[pair[:3]], index[pair[3:]]
+            fx[f, t] = rate
+            fx[t, f] = 1.0 / rate
+        direct = fx.copy()
         n = len(self.currencies)
         for a in range(n):
             for b in range(n):
-                if np.isnan(self.fx[a, b]):
+                if np.isnan(direct[a, b]):
                     for c in range(n):
-                        if not np.isnan(self.fx[a, c]) and not np.isnan(self.fx[c, b]):
-                            self.fx[a, b] = self.fx[a, c] * self.fx[c, b]
+                        if not np.isnan(direct[a, c]) and not np.isnan(direct[c, b]):
+                            fx[a, b] = direct[a, c] * direct[c, b]
                             break
 
     # -- STAGE 7: order lifecycle (called by the pipeline, live and on replay) ------------------
@@ -225,7 +247,10 @@ class Portfolio:
         if last:
             self.last[instrument] = last
         self.price_ts[instrument] = ts
-        self.mark[instrument] = self.reference_price(instrument)
+        self.mark[instrument] = mark = self.reference_price(instrument)
+        pair = self.fx_pair[instrument]
+        if pair is not None and mark:
+            self.set_fx(pair, mark * self._tick_size[instrument])
 
     def reference_price(self, instrument: int) -> int:
         """Last trade, else the mid of a two-sided quote, else 0 (none). O(1)."""
@@ -282,7 +307,7 @@ class Portfolio:
         h = hashlib.blake2b(digest_size=16)
         for arr in self._arrays():
             h.update(arr.tobytes())
-        h.update(msgspec.msgpack.encode(sorted(self._hold_px.items())))
+        h.update(msgspec.msgpack.encode([sorted(self._hold_px.items()), sorted(self._quotes.items())]))
         return h.digest()
 
     # -- SNAPSHOTS ------------------------------------------------------------------------------
@@ -299,6 +324,7 @@ class Portfolio:
                     for name, a in zip(self._NAMES, self._arrays(), strict=True)],
             hold_px=sorted(self._hold_px.items()),
             currencies=self.currencies,
+            quotes=sorted(self._quotes.items()),
         )
         return msgspec.msgpack.encode(state)
 
@@ -323,9 +349,14 @@ class Portfolio:
             new[tuple(slice(0, n) for n in shape)] = old
         self._hold_px = dict(state.hold_px)
         self.refresh_marks()
+        if state.quotes:
+            self._quotes = {p: r for p, r in state.quotes if p[:3] in self.currency_index
+                            and p[3:] in self.currency_index}
+            self._rebuild_fx()
 
 
 class _PortfolioState(msgspec.Struct):
     arrays: list[tuple[str, str, list[int], bytes]]
     hold_px: list[tuple[int, int]]
     currencies: list[str]
+    quotes: list[tuple[str, float]] = []
