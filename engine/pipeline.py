@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -105,6 +106,7 @@ from engine.messages import (
 from engine.model import ReferenceData
 from engine.orders import Order, OrderStatus, Transition
 from engine.portfolio import Portfolio
+from engine.settlement import SettlementLedger
 
 Refusal = tuple[int, str]
 
@@ -190,6 +192,10 @@ _OP_TRADE_FIX = 106
 _BATCH_END = BatchEnd()
 
 
+def _utc_date(ts: int) -> date:
+    return datetime.fromtimestamp(ts / 1e9, UTC).date()
+
+
 def _screened(cmd: SubmitOrder, screening: Screening) -> ScreenedOrder:
     return ScreenedOrder(cmd, int(screening.hold_code), screening.hold_reason, list(screening.findings))
 
@@ -213,12 +219,14 @@ class Pipeline:
         compliance_check: Check = pass_all,
         stages: Sequence[Stage] = (),
         portfolio: Portfolio | None = None,
+        settlement: SettlementLedger | None = None,
     ):
         self.ref = ref
         self.book = book
         self.journal = journal
         self.portfolio = portfolio if portfolio is not None else Portfolio(ref)
         self.stages = tuple(stages)
+        self.settlement = settlement  # pending and settled positions and cash (optional)
         self.orders: dict[int, Order] = {}
         self.held: dict[int, SubmitOrder] = {}  # orders waiting for approval -> their command
         # today's executions: exec id -> [order id, qty, price, the other side's exec id (0: none)];
@@ -722,6 +730,8 @@ class Pipeline:
             self._cancel_held(lambda o: o.tif == DAY, int(RejectCode.END_OF_DAY), cmd.ts, out)
             self._archive_done()
             self.portfolio.end_of_day()
+            if self.settlement is not None:  # what is due by the day's date (UTC) settles
+                self.settlement.settle(_utc_date(cmd.ts))
             return [*out, CommandDone("EndOfDay", self.seq, len(out))]
         if op == bk.OP_EXPIRE:
             return self._apply(book.expire(cmd.ts), cmd.ts, None, out)
@@ -788,6 +798,11 @@ class Pipeline:
             else:
                 self.portfolio.rebook(order, new_qty, new_price)
                 self.executions[exec_id][1:3] = [new_qty, new_price]
+            if self.settlement is not None:
+                if bust:
+                    self.settlement.bust(exec_id)
+                else:
+                    self.settlement.correct(exec_id, new_qty, new_price)
             if not self._emit:
                 continue
             avg = order.notional / order.cum_qty if order.cum_qty else 0.0
@@ -978,6 +993,8 @@ class Pipeline:
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         self.executions[exec_id] = [order.order_id, qty, price, 0]
+        if self.settlement is not None:
+            self.settlement.on_fill(exec_id, order.account, order.instrument, order.side, qty, price, ts)
         if out is None:
             return
         out.append(OrderFilled(
@@ -1050,6 +1067,8 @@ class Pipeline:
         h.update(self.portfolio.state_hash())
         h.update(self._encode(sorted(self.held.items())))
         h.update(self._encode(sorted(self.executions.items())))
+        if self.settlement is not None:
+            h.update(self.settlement.state_hash())
         for stage in self.stages:
             h.update(stage.state_hash())
         return h.hexdigest()
@@ -1072,6 +1091,7 @@ class Pipeline:
             portfolio=self.portfolio.dump(),
             held=sorted(self.held.items()),
             executions=sorted(self.executions.items()),
+            settlement=self.settlement.dump() if self.settlement is not None else b"",
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1097,6 +1117,8 @@ class Pipeline:
         self.portfolio.load(state.portfolio)
         self.held = dict(state.held)
         self.executions = {e: list(v) for e, v in state.executions}
+        if self.settlement is not None and state.settlement:
+            self.settlement.load(state.settlement)
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1136,6 +1158,7 @@ class _Snapshot(msgspec.Struct):
     held: list[tuple[int, SubmitOrder]]
     stages: list[bytes]
     executions: list[tuple[int, list[int]]] = []
+    settlement: bytes = b""
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

@@ -54,6 +54,7 @@ from engine.model import ticks_to_price
 from engine.pipeline import Pipeline
 from engine.portfolio import Portfolio
 from engine.recovery import RecoveryReport, recover
+from engine.settlement import Calendars, SettlementLedger
 from engine.snapshot import prune_snapshots, write_snapshot
 from gateways.server import OrderEntryServer, Outgoing, Request
 from kilat.config import KilatConfig, check_config
@@ -127,7 +128,9 @@ def build_pipeline(config: KilatConfig, ref, book, journal=None) -> Pipeline:
     rules = ComplianceRules(c.rules, ref, portfolio, c.restricted, c.watch, c.locates)
     c.surveillance.check(ref)
     compliance = ComplianceStage(rules, Surveillance(c.surveillance, ref), ref)
-    return Pipeline(ref, book, journal, stages=(risk, compliance), portfolio=portfolio)
+    settlement = SettlementLedger(ref, portfolio, Calendars())
+    return Pipeline(ref, book, journal, stages=(risk, compliance), portfolio=portfolio,
+                    settlement=settlement)
 
 
 def warm_up_book() -> None:
