@@ -11,6 +11,7 @@
     kilat kill-switch on|off global|account|user [TARGET] [--reason TEXT]
     kilat trading-state ACCOUNT SYMBOL active|reducing|halted
     kilat audit [--account A] [--of-user U] [--kind K]     (reads the journal file)
+    kilat recon FILE [--location L] [--format text|csv|json]
 
 Each command acts as ``--user`` (default: the KILAT_USER environment variable); the engine
 checks the user's role.
@@ -214,6 +215,7 @@ def add_commands(add) -> None:
     sp.add_argument("symbol", help='symbol or "*"')
     sp.add_argument("state", choices=["active", "reducing", "halted"])
     add_audit(add)
+    add_recon(add)
 
 
 # -- AUDIT: read from the journal file, the record of every decision ------------------------------
@@ -294,3 +296,34 @@ def add_audit(add) -> None:
     sp.add_argument("--account")
     sp.add_argument("--of-user", help="only what this user sent")
     sp.add_argument("--kind", action="append", choices=AUDIT_KINDS)
+
+
+# -- RECONCILIATION -------------------------------------------------------------------------------
+
+
+def cmd_recon(args) -> int:
+    """Compare Kilat's positions with a custodian's or broker's file; reads only."""
+    from kilat.recon import positions_from_table, run_recon
+
+    config = _config(args)
+    custodians = {a.id: a.custodian or "CUSTODY" for a in config.accounts}
+    with _client(args, config) as kc:
+        view = kc.positions("")
+    if type(view).__name__ == "CommandError":
+        return _print_replies([view], config, args.json)
+    ours = positions_from_table(view, custodians=custodians)
+    code, text = run_recon(args.file, ours, {a.id for a in config.accounts},
+                           {i.symbol for i in config.instruments},
+                           "json" if args.json else args.format,
+                           scope=set(args.location) if args.location else None)
+    print(text, file=sys.stderr if code == 2 else sys.stdout)
+    return code
+
+
+def add_recon(add) -> None:
+    sp = add("recon", cmd_recon, "reconcile positions with a custodian or broker file "
+                                 "(CSV: account,instrument,location,quantity); exit 1 on breaks")
+    sp.add_argument("file")
+    sp.add_argument("--location", action="append",
+                    help="compare only these locations (repeat); default: all")
+    sp.add_argument("--format", choices=["text", "csv", "json"], default="text")

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,9 @@ class Engine:
             self.journal_path, fsync=config.server.fsync if fsync is None else fsync
         )
         self.pipeline = build_pipeline(config, self.ref, self.book)
+        this_year = datetime.now(UTC).year  # only which calendar years to build ahead of the first fill
+        for mic in sorted({inst.spec.mic for inst in self.ref.by_index}):
+            self.pipeline.settlement.calendars.warm(mic, this_year)
         self.recovery: RecoveryReport = recover(self.pipeline, self.journal_path, self.snapshot_dir)
         if self.pipeline.seq != self.journal.last_seq:
             raise RuntimeError(
