@@ -310,6 +310,18 @@ class Pipeline:
             self.replaying = False
             self.notices.clear()
 
+    def replay_events(self, first_seq: int, cmds: Sequence) -> list[list]:
+        """``replay_batch`` that also builds and returns each record's events (a list per
+        record, in order): what projections (reports, blotters) read. Slower; O(events)."""
+        if first_seq != self.seq + 1:
+            raise RuntimeError(f"replay expected seq {self.seq + 1}, got {first_seq}")
+        self.replaying = True
+        try:
+            return self._batch(cmds, live=False)
+        finally:
+            self.replaying = False
+            self.notices.clear()
+
     def end_replay(self) -> None:
         """Recovery reached the journal's end: commands after the last ``BatchEnd`` (their mark
         was lost with a torn tail) are observed now, as their live batch was."""
