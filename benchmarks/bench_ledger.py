@@ -1,4 +1,5 @@
-"""Positions ledger benchmark: per-fill latency, revaluation of 10,000 positions, bust cost.
+"""Positions ledger benchmark: per-fill latency, revaluation of 10,000 positions, bust cost, end of
+day (compaction of the history to the 10,000 open positions).
 Prints one JSON object.
 
 Universe: 1,000 accounts (half average cost, half FIFO) × 200 instruments; 10,000 open
@@ -10,8 +11,13 @@ Universe: 1,000 accounts (half average cost, half FIFO) × 200 instruments; 10,0
 (b) ``PositionLedger.revalue()`` of every open cell at the portfolio's marks, against a dense
     numpy revaluation (position × mark − cost over the whole [account, instrument] grid).
 (c) ``bust`` of a random fill (rare; O(bookings of the cell)), p50 / p99.
+(d) ``end_of_day()``: once after the stream (the day's history to compact), then repeated on the
+    compacted history (the open state alone), p50 / p99. Baseline in the same run: numpy copies
+    of the used cells, locations and history (the arrays it reads and writes).
 After timing: ``validate()``; the revaluation equals the dense one on every open cell; for every
-cell realised + unrealised = Σ sells − Σ buys + position × mark (tick·lots).
+cell realised + unrealised = Σ sells − Σ buys + position × mark (tick·lots); the end of day
+changes no cell, keeps at most open lots + open cells × locations history rows, forgets the
+day's ids, and a fill booked after it then busted gives the cells back.
 
     python benchmarks/bench_ledger.py [--quick]
 """
@@ -34,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.constants import BUY, SELL  # noqa: E402
-from engine.ledger import PositionLedger  # noqa: E402
+from engine.ledger import LedgerCode, PositionLedger  # noqa: E402
+from engine.ledger_kernels import M_CELLS  # noqa: E402
 from engine.model import AccountSpec, InstrumentSpec, ReferenceData  # noqa: E402
 from engine.portfolio import Portfolio  # noqa: E402
 
@@ -140,6 +147,41 @@ def busts(ledger, rng, fills, n) -> tuple[dict, set]:
     return pct(samples), set(picked)
 
 
+def end_of_day(ledger, fills, busted, reps: int) -> dict:
+    before, rows_before = ledger.cells(), ledger.history_rows()
+    clock = time.perf_counter_ns
+    t0 = clock()
+    refused = ledger.end_of_day()
+    first = clock() - t0
+    assert refused is None, refused
+    got, base = [], []
+    arrays = ledger._a
+    n_cells = int(arrays["meta"][M_CELLS])
+    for _ in range(reps):
+        t0 = clock()
+        ledger.end_of_day()
+        got.append(clock() - t0)
+        n_rows = ledger.history_rows()
+        t0 = clock()
+        arrays["cells"][:n_cells].copy(), arrays["locpos"][:n_cells].copy(), arrays["hist"][:n_rows].copy()
+        base.append(clock() - t0)
+    ledger.validate()
+    after = ledger.cells()
+    assert after == before, "the end of day changed a cell"
+    bound = (sum(len(c.lots) for c in after.values())
+             + sum(1 for c in after.values() if c.by_location) * len(ledger.locations))
+    assert ledger.history_rows() <= bound, (ledger.history_rows(), bound)
+    kept = next(f for j, f in enumerate(fills) if j not in busted)
+    assert ledger.bust(kept[0])[0] is LedgerCode.UNKNOWN_ID
+    assert ledger.fill("next-day", *kept[1:]) is None
+    assert ledger.bust("next-day") is None
+    assert ledger.cells() == before, "a bust after the end of day did not give the cells back"
+    ledger.validate()
+    return {"open_cells": sum(1 for c in after.values() if c.qty), "rows_before": rows_before,
+            "rows_after": ledger.history_rows(), "first_ns": first, **pct(got),
+            "baseline_numpy_copy": pct(base)}
+
+
 def check_pnl(ledger, pf, flows) -> None:
     marks = pf.marks()
     for (a, i), flow in flows.items():
@@ -171,6 +213,8 @@ def main() -> None:
         _k, a, i, _loc, side, qty, px = fills[j]
         flows[(a, i)] -= px * qty if side == SELL else -px * qty
     check_pnl(ledger, pf, flows)
+    eod = end_of_day(ledger, fills, busted, 20 if args.quick else 200)
+    check_pnl(ledger, pf, flows)
     result = {
         "benchmark": "ledger",
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -186,7 +230,8 @@ def main() -> None:
         "revalue_after_stream": {"open_cells": n_open_after, **reval_after,
                                  "dense_p50_ns": reval_base_after["p50_ns"]},
         "bust_random_fill": bust_lat,
-        "history_rows": ledger._rows,
+        "end_of_day": eod,
+        "end_of_day_p50_ratio_to_copy": round(eod["p50_ns"] / max(eod["baseline_numpy_copy"]["p50_ns"], 1), 1),
     }
     print(json.dumps(result, indent=2))
 

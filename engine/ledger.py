@@ -16,11 +16,18 @@ exact arithmetic and rounding). In short:
   position × m. A fill through zero closes at the fill price and opens the rest at it.
 - **Locations.** A venue MIC, a custodian, or "INTERNAL" (index 0, Kilat's own book); a location
   only splits the position (Σ locations = position), P&L is per account × instrument.
-- **Busts and corrections.** Every booking is kept as a history row of its cell (capacity
-  explicit). ``bust`` marks the row dead and ``correct`` rewrites its quantity and price; either
-  then rebuilds the cell (position, locations, cost, lots, realised) by replaying its live rows
-  in their original order, so the result is exactly the ledger that never saw the fill / saw it
-  with the corrected figures. O(rows of that cell); busts are rare.
+- **Busts and corrections are for the trading day.** Every booking of the day is kept as a
+  history row of its cell (capacity explicit). ``bust`` marks the row dead and ``correct``
+  rewrites its quantity and price; either then rebuilds the cell (position, locations, cost,
+  lots, realised) by replaying its live rows in their original order onto the cell's opening
+  state, so the result is exactly the ledger that never saw the fill / saw it with the corrected
+  figures. O(rows of that cell); busts are rare.
+- **End of day.** ``end_of_day`` forgets the day's booking ids (a later bust or correction of
+  one is ``UNKNOWN_ID``) and compacts the history to carried rows that reproduce each open cell
+  exactly (at most open FIFO lots + open cells × locations rows; flat cells keep their realised
+  P&L and need none), so the history in use follows the open state, not the bookings ever made.
+  Positions and P&L do not change, and later bookings, busts and corrections give exactly what
+  they would have without it.
 - **Refusals** are values ``(LedgerCode, text)``; capacity (cells, FIFO lots, history rows)
   running out is a refusal, never a crash, and nothing changes on a refusal.
 
@@ -204,11 +211,13 @@ class PositionLedger:
         k.transfer(st, 0, 0, 0, 0, 1, 1)
         k.bust(st, 0)
         k.correct(st, 0, 1, 1)
+        k.end_of_day(st)
         k.revalue(st, self.portfolio.marks())
         self._k_fill = _entry(k.fill)
         self._k_transfer = _entry(k.transfer)
         self._k_bust = _entry(k.bust)
         self._k_correct = _entry(k.correct)
+        self._k_end_of_day = _entry(k.end_of_day)
         self._k_revalue = _entry(k.revalue)
 
     # -- LOCATIONS --------------------------------------------------------------------------------
@@ -285,6 +294,21 @@ class PositionLedger:
             return self._refuse(k.R_UNKNOWN_ID, exec_id)
         code = self._k_correct(self._st, row, qty, price)
         return self._refuse(code, exec_id) if code else None
+
+    def end_of_day(self) -> Refusal | None:
+        """Close the trading day: the day's bookings can no longer be busted or corrected (their
+        ids are forgotten) and the history is compacted to rows that reproduce the open cells
+        (see the module docstring); positions, cost, lots and P&L are unchanged. None when done;
+        HISTORY_FULL (nothing changed) only if the open state needs more rows than the capacity.
+        O(cells × locations + open lots + history rows)."""
+        code = self._k_end_of_day(self._st)
+        if code:
+            code = LedgerCode(code)
+            return code, (f"{_TEXT[code]} — end of day: the open cells need more than "
+                          f"{len(self._a['hist'])} carried rows")
+        self._ids = {}
+        self._rows = int(self._meta[k.M_HIST])
+        return None
 
     @staticmethod
     def _refuse(code: int, booking_id) -> Refusal:
@@ -409,11 +433,15 @@ class PositionLedger:
                                     tuple(self.lots(a, i)))
         return out
 
+    def history_rows(self) -> int:
+        """History rows in use (the day's bookings plus the rows carried over). O(1)."""
+        return self._rows
+
     # -- INVARIANTS -------------------------------------------------------------------------------
 
     def validate(self) -> None:
         """Check every invariant; raise AssertionError naming the broken one. O(cells × locations
-        + lots)."""
+        + lots + history rows)."""
         a = self._a
         meta, cells, lots = self._meta, self._cells, a["lots"]
         n = int(meta[k.M_CELLS])
@@ -452,6 +480,22 @@ class PositionLedger:
         rows = int(meta[k.M_HIST])
         assert rows == self._rows, f"history rows: kernel {rows}, wrapper {self._rows}"
         assert all(0 <= r < rows for r in self._ids.values()), "a booking id points past the history"
+        self._validate_history(n, rows)
+
+    def _validate_history(self, n_cells: int, rows: int) -> None:
+        """Each cell's rows are linked forward within the cell, carried rows before bookings."""
+        hist, cells = self._a["hist"][:rows], self._cells[:n_cells]
+        cell, nxt = hist[:, k.H_CELL], hist[:, k.H_NEXT]
+        assert ((cell >= 0) & (cell < n_cells)).all(), "a history row names no cell"
+        linked = np.flatnonzero(nxt >= 0)
+        assert (nxt[linked] > linked).all(), "a history row links backwards"
+        assert (cell[nxt[linked]] == cell[linked]).all(), "a history row links to another cell"
+        carried = hist[:, k.H_KIND] >= k.K_OPEN_LOT
+        assert (carried[linked] | ~carried[nxt[linked]]).all(), "a carried row follows a booking"
+        heads = cells[:, k.C_HIST_HEAD]
+        has = np.flatnonzero(heads >= 0)
+        assert (cell[heads[has]] == has).all(), "a cell's first history row is another cell's"
+        assert len(has) + len(linked) == rows, "history rows outside every cell's list"
 
     def state_hash(self) -> bytes:
         """blake2b-128 over the used part of every array, the booking ids and the locations."""
@@ -474,10 +518,12 @@ class PositionLedger:
 
     def dump(self) -> bytes:
         """The whole ledger as msgpack bytes (capacities included)."""
-        arrays = [(name, str(a.dtype), list(a.shape), a.tobytes()) for name, a in self._a.items()
+        used = {"hist": self._a["hist"][: self._rows]}  # the rest is free: only its size is kept
+        arrays = [(name, str(a.dtype), list(a.shape), a.tobytes())
+                  for name, a in ((n, used.get(n, a)) for n, a in self._a.items())
                   if name not in ("method", "rv")]
-        return msgspec.msgpack.encode(_LedgerState(arrays, sorted(((r, i) for i, r in self._ids.items()),
-                                                                  key=lambda t: t[0]), self.locations))
+        ids = sorted(((r, i) for i, r in self._ids.items()), key=lambda t: t[0])
+        return msgspec.msgpack.encode(_LedgerState(arrays, ids, self.locations, len(self._a["hist"])))
 
     def load(self, data: bytes) -> None:
         """Replace this ledger's state with a dump (same reference data; capacities come from the
@@ -488,6 +534,12 @@ class PositionLedger:
             if name == "cell_of":
                 new = np.full_like(self._a["cell_of"], -1)
                 new[: shape[0], : shape[1]] = old
+            elif name == "hist":
+                new = np.zeros((max(state.history, shape[0]), shape[1]), dtype=np.int64)
+                new[: shape[0]] = old
+            elif name == "cells" and shape[1] < k.N_CELL_COLS:  # a dump from before end_of_day
+                new = np.zeros((shape[0], k.N_CELL_COLS), dtype=np.int64)
+                new[:, : shape[1]] = old
             else:
                 new = old.copy()
             self._a[name] = new
@@ -503,6 +555,7 @@ class _LedgerState(msgspec.Struct):
     arrays: list[tuple[str, str, list[int], bytes]]
     ids: list[tuple[int, str | int]]
     locations: list[str]
+    history: int = 0  # history capacity (the dump holds only the rows in use); 0: len(hist)
 
 
 def _entry(dispatcher):

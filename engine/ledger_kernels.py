@@ -8,7 +8,7 @@ leaves every array as it was.
 Units: prices in ticks, quantities in lots, cost / realised / unrealised in tick·lots.
 
 A **cell** is one (account, instrument): position, signed cost of the open position (long > 0,
-short < 0), realised P&L, its P&L method, its FIFO lot queue and its fill history. A booking is
+short < 0), realised P&L, its P&L method, its FIFO lot queue and its booking history. A booking is
 a signed quantity ``dq`` and an exact cash value ``v`` > 0 (price × qty for a fill, the notional
 for a transfer). Against an opposite position it first reduces (up to the position), then opens
 the rest at the remaining value (a fill through zero closes and opens at the fill price).
@@ -23,6 +23,25 @@ Rounding (all exact integer arithmetic, ``muldiv(a, b, d) = floor(a·b / d)``):
 - FIFO: lots are consumed oldest first; a partly consumed lot gives up ``floor(cost · take / qty)``
   and keeps the rest; the reducing value is spread over the consumed chunks by cumulative floors
   (``floor(v·done/r)`` differences), which telescope to exactly the reducing value.
+
+**History and the end of day.** A cell's history is its bookings of the trading day, oldest
+first; replaying its live rows onto its opening state (``C_BASE_REALISED`` and its *carried*
+rows) rebuilds it exactly (``bust`` / ``correct``). ``end_of_day`` rewrites the whole history as
+carried rows that reproduce each open cell's state as it stands — position, location split, cost,
+FIFO lots in order — and moves every cell's realised P&L into ``C_BASE_REALISED``; cells flat at
+every location get no rows. Carried rows book no P&L:
+
+- ``K_OPEN_LOT`` adds ``H_QTY`` lots at ``H_LOC`` and ``H_VALUE`` (signed) to the cost; on a FIFO
+  cell it also appends the lot ``(H_QTY, H_VALUE)`` as it was, never joined to the one before
+  (one row per lot). An average-cost cell gets one row per location holding a position, the cost
+  on the first.
+- ``K_OPEN_LOC`` adds ``H_QTY`` lots at ``H_LOC`` and nothing else: it moves a FIFO cell's lots,
+  carried at one location, to the split they had, or gives a flat cell its split (long at one
+  location, short at another); the moves of a cell sum to zero.
+
+So the history holds at most (open FIFO lots + open cells × locations) rows after the end of
+day, whatever the number of bookings ever made (a cell is open here when it holds a position at
+some location).
 
 Exact while every |position| ≤ ``MAX_LOTS`` lots, price ≤ ``MAX_PRICE`` ticks and |cost| ≤
 ``MAX_COST`` (checked on every fill / transfer / correction; the products in ``muldiv`` then stay
@@ -64,6 +83,8 @@ FIFO = 1
 
 K_FILL = 0
 K_TRANSFER = 1
+K_OPEN_LOT = 2  # carried over an end of day: a lot (FIFO) or a location's part (average)
+K_OPEN_LOC = 3  # carried over an end of day: a move between locations
 
 # -- LIMITS (keep every muldiv product below 2**62) -----------------------------------------------
 
@@ -85,7 +106,8 @@ C_NLOTS = 8
 C_HIST_HEAD = 9  # first history row of the cell, -1 none
 C_HIST_TAIL = 10
 C_OPEN_SLOT = 11  # index in the open list, -1 when flat
-N_CELL_COLS = 12
+C_BASE_REALISED = 12  # realised before the first history row (carried over the end of day)
+N_CELL_COLS = 13
 
 # -- LOT COLUMNS (lots[k, ...]) --------------------------------------------------------------------
 
@@ -99,7 +121,7 @@ N_LOT_COLS = 3
 H_CELL = 0
 H_LOC = 1
 H_QTY = 2  # signed lots
-H_VALUE = 3  # tick·lots, > 0
+H_VALUE = 3  # tick·lots, > 0 (carried rows: signed cost, may be 0)
 H_PRICE = 4  # ticks (fills; 0 for transfers)
 H_KIND = 5
 H_ALIVE = 6  # 0 once busted
@@ -247,12 +269,20 @@ def _free_lot(st, k):
 def _push_lot(st, c, dq, dv):
     """Append a lot of dq lots costing dv (both signed alike) to cell c's queue, or join the
     newest lot when the price is the same. Capacity was checked by ``_needs_lot``."""
-    cells, lots = st.cells, st.lots
-    tail = cells[c, C_LOT_TAIL]
+    lots = st.lots
+    tail = st.cells[c, C_LOT_TAIL]
     if tail >= 0 and _mergeable(lots, tail, abs(dq), abs(dv)):
         lots[tail, L_QTY] += dq
         lots[tail, L_COST] += dv
         return
+    _link_lot(st, c, dq, dv)
+
+
+@njit(cache=True)
+def _link_lot(st, c, dq, dv):
+    """Append a new lot of dq lots costing dv to cell c's queue (never joined)."""
+    cells, lots = st.cells, st.lots
+    tail = cells[c, C_LOT_TAIL]
     k = st.meta[M_FREE_LOT]
     st.meta[M_FREE_LOT] = lots[k, L_NEXT]
     st.meta[M_FREE_LOTS] -= 1
@@ -357,8 +387,23 @@ def _apply(st, c, loc, dq, v):
 
 
 @njit(cache=True)
+def _carry(st, c, h):
+    """Replay carried row h onto cell c (no P&L; see the module docstring)."""
+    q = st.hist[h, H_QTY]
+    st.locpos[c, st.hist[h, H_LOC]] += q
+    if st.hist[h, H_KIND] != K_OPEN_LOT:
+        return
+    v = st.hist[h, H_VALUE]
+    st.cells[c, C_POS] += q
+    st.cells[c, C_COST] += v
+    if st.cells[c, C_METHOD] == FIFO:
+        _link_lot(st, c, q, v)
+
+
+@njit(cache=True)
 def _recompute(st, c):
-    """Rebuild cell c from its live history rows, oldest first. O(rows of the cell)."""
+    """Rebuild cell c from its opening state and live history rows, oldest first. O(rows of the
+    cell)."""
     cells = st.cells
     k = cells[c, C_LOT_HEAD]
     while k >= 0:
@@ -370,11 +415,13 @@ def _recompute(st, c):
     cells[c, C_NLOTS] = 0
     cells[c, C_POS] = 0
     cells[c, C_COST] = 0
-    cells[c, C_REALISED] = 0
+    cells[c, C_REALISED] = cells[c, C_BASE_REALISED]
     st.locpos[c, :] = 0
     h = cells[c, C_HIST_HEAD]
     while h >= 0:
-        if st.hist[h, H_ALIVE]:
+        if st.hist[h, H_KIND] >= K_OPEN_LOT:
+            _carry(st, c, h)
+        elif st.hist[h, H_ALIVE]:
             _apply(st, c, st.hist[h, H_LOC], st.hist[h, H_QTY], st.hist[h, H_VALUE])
         h = st.hist[h, H_NEXT]
     _touch_open(st, c)
@@ -484,7 +531,7 @@ def transfer(st, fa, ta, i, loc, qty, notional):
 def bust(st, h):
     """Reverse history row h (and a transfer's other row): the cells become what they would be
     had it never been booked. O(rows of the cells touched)."""
-    if h < 0 or h >= st.meta[M_HIST]:
+    if h < 0 or h >= st.meta[M_HIST] or st.hist[h, H_KIND] >= K_OPEN_LOT:
         return R_UNKNOWN_ID
     if st.hist[h, H_ALIVE] == 0:
         return R_ALREADY_BUSTED
@@ -514,7 +561,7 @@ def correct(st, h, qty, price):
     """Replace fill row h's quantity and price (its side, place in the history and location
     stay): the cell becomes what it would be had the fill carried these figures. O(rows of the
     cell)."""
-    if h < 0 or h >= st.meta[M_HIST]:
+    if h < 0 or h >= st.meta[M_HIST] or st.hist[h, H_KIND] >= K_OPEN_LOT:
         return R_UNKNOWN_ID
     if st.hist[h, H_KIND] != K_FILL:
         return R_NOT_A_FILL
@@ -533,6 +580,89 @@ def correct(st, h, qty, price):
     st.hist[h, H_VALUE] = qty * price
     st.hist[h, H_PRICE] = price
     _recompute(st, c)
+    return OK
+
+
+@njit(cache=True)
+def _home(st, c):
+    """The location a FIFO cell's carried lots are booked at: one holding the whole position if
+    any (then no moves are needed), else the first holding a part."""
+    p = st.cells[c, C_POS]
+    first = -1
+    for j in range(st.meta[M_LOCATIONS]):
+        x = st.locpos[c, j]
+        if x == p:
+            return j
+        if x != 0 and first < 0:
+            first = j
+    return first
+
+
+@njit(cache=True)
+def _carried_rows(st, c):
+    """How many carried rows reproduce cell c (0 when flat at every location)."""
+    p = st.cells[c, C_POS]
+    n = 0
+    h = _home(st, c) if st.cells[c, C_METHOD] == FIFO and p != 0 else -1
+    for j in range(st.meta[M_LOCATIONS]):
+        x = st.locpos[c, j]
+        if j == h:
+            n += x != p
+        else:
+            n += x != 0
+    return n + (st.cells[c, C_NLOTS] if h >= 0 else 0)
+
+
+@njit(cache=True)
+def _write_carried(st, c):
+    """Append cell c's carried rows (its history was emptied)."""
+    cells, locpos = st.cells, st.locpos
+    n_loc = st.meta[M_LOCATIONS]
+    p = cells[c, C_POS]
+    if p == 0:  # flat, though it may be long at one location and short at another
+        for j in range(n_loc):
+            if locpos[c, j] != 0:
+                _append_row(st, c, j, locpos[c, j], 0, 0, K_OPEN_LOC, -1)
+        return
+    if cells[c, C_METHOD] != FIFO:
+        v = cells[c, C_COST]
+        for j in range(n_loc):
+            if locpos[c, j] != 0:
+                _append_row(st, c, j, locpos[c, j], v, 0, K_OPEN_LOT, -1)
+                v = 0
+        return
+    home = _home(st, c)
+    k = cells[c, C_LOT_HEAD]
+    while k >= 0:
+        _append_row(st, c, home, st.lots[k, L_QTY], st.lots[k, L_COST], 0, K_OPEN_LOT, -1)
+        k = st.lots[k, L_NEXT]
+    for j in range(n_loc):
+        move = locpos[c, j] - (p if j == home else 0)
+        if move != 0:
+            _append_row(st, c, j, move, 0, 0, K_OPEN_LOC, -1)
+
+
+@njit(cache=True)
+def end_of_day(st):
+    """Forget the day's bookings: rewrite the history as carried rows that reproduce every open
+    cell (a position at some location) exactly, and move each cell's realised P&L into its
+    opening state. Cell states do not change. R_HISTORY_FULL (nothing changed) when the carried
+    rows exceed the capacity. O(cells × locations + open lots + history rows)."""
+    n_cells = st.meta[M_CELLS]
+    need = 0
+    for c in range(n_cells):
+        need += _carried_rows(st, c)
+    if need > st.hist.shape[0]:
+        return R_HISTORY_FULL
+    old = st.meta[M_HIST]
+    st.meta[M_HIST] = 0
+    cells = st.cells
+    for c in range(n_cells):
+        cells[c, C_HIST_HEAD] = -1
+        cells[c, C_HIST_TAIL] = -1
+        cells[c, C_BASE_REALISED] = cells[c, C_REALISED]
+        _write_carried(st, c)
+    st.hist[st.meta[M_HIST]:old, :] = 0
     return OK
 
 

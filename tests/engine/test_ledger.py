@@ -417,3 +417,198 @@ def test_seeded_stress_of_fills_transfers_and_busts_keeps_invariants_and_replays
         if cmd[0] != "bust" and cmd[1] not in busted:
             assert getattr(replay, cmd[0])(*cmd[1:]) is None
     assert replay.cells() == ledger.cells()
+
+
+# -- END OF DAY --------------------------------------------------------------------------------
+
+
+def _history_bound(ledger) -> int:
+    """Open FIFO lots + open cells × locations: the most history rows an end of day may keep (a
+    cell is open when it holds a position at some location, net flat or not)."""
+    cells = ledger.cells().values()
+    return (sum(len(c.lots) for c in cells)
+            + sum(1 for c in cells if c.by_location) * len(ledger.locations))
+
+
+def _same_state(got, want) -> None:
+    assert got.cells() == want.cells()
+    for a in range(len(REF.accounts)):
+        for i in (X, Y):
+            assert got.position(a, i) == want.position(a, i)
+            assert got.lots(a, i) == want.lots(a, i)
+
+
+def _day_one(ledger) -> None:
+    """FIFO with two neighbouring lots of one price (never joined), a split of mixed signs over
+    three locations, a flat cell with realised P&L, a transfer and a busted fill."""
+    xnys, xlon = ledger.location_index("XNYS"), ledger.location_index("XLON")
+    assert ledger.transfer("d1-t0", BLOCK, FIFO, X, 0, 3, 301) is None  # a lot of 3 for 301
+    for n, (a, i, loc, side, qty, px) in enumerate([
+        (FIFO, X, xnys, BUY, 2, 101), (FIFO, X, xlon, SELL, 2, 110), (FIFO, X, 0, BUY, 3, 100),
+        (FIFO, X, 0, BUY, 1, 90), (AVG, X, xnys, BUY, 10, 100), (AVG, X, xlon, SELL, 3, 103),
+        (AVG, X, 0, BUY, 1, 99), (AVG, Y, 0, BUY, 5, 40), (AVG, Y, xnys, SELL, 5, 47),
+        (BLOCK, Y, 0, BUY, 9, 50), (FIFO, Y, xlon, SELL, 4, 20),
+    ]):
+        assert ledger.fill(f"d1-{n}", a, i, loc, side, qty, px) is None
+    assert ledger.transfer("d1-t", BLOCK, C1, Y, xnys, 6, 305) is None
+    assert ledger.bust("d1-3") is None
+
+
+def test_end_of_day_keeps_every_position_and_forgets_the_days_ids():
+    ledger, fresh = new_ledger(), new_ledger()
+    _day_one(ledger)
+    _day_one(fresh)
+    assert ledger.end_of_day() is None
+    ledger.validate()
+    _same_state(ledger, fresh)
+    assert ledger.lots(FIFO, X) == [(1, 101), (2, 202), (3, 300)]  # 301 − 2 × 100 left at 101
+    assert ledger.by_location(FIFO, X) == {"INTERNAL": 6, "XNYS": 2, "XLON": -2}
+    assert ledger.realised(AVG, Y) == 35 and ledger.qty(AVG, Y) == 0  # flat, P&L kept
+    assert ledger.history_rows() <= _history_bound(ledger)
+    for booking_id in ("d1-0", "d1-t", "d1-t0", "nope"):
+        assert ledger.bust(booking_id)[0] is LedgerCode.UNKNOWN_ID
+    assert ledger.correct("d1-2", 1, 100)[0] is LedgerCode.UNKNOWN_ID
+
+
+@pytest.mark.parametrize("account", [AVG, FIFO, BLOCK, C1])
+@pytest.mark.parametrize("instrument", [X, Y])
+def test_after_end_of_day_a_fill_then_its_bust_gives_back_the_cell_exactly(account, instrument):
+    ledger, fresh = new_ledger(), new_ledger()
+    _day_one(ledger)
+    _day_one(fresh)
+    assert ledger.end_of_day() is None
+    assert ledger.fill("d2-0", account, instrument, 0, SELL, 2, 120) is None
+    assert ledger.bust("d2-0") is None  # replays the carried rows alone
+    ledger.validate()
+    _same_state(ledger, fresh)
+
+
+def test_after_end_of_day_a_correction_replays_onto_the_carried_state():
+    ledger, fresh = new_ledger(), new_ledger()
+    _day_one(ledger)
+    _day_one(fresh)
+    assert ledger.end_of_day() is None
+    for led in (ledger, fresh):
+        assert led.fill("d2-0", FIFO, X, 0, SELL, 2, 120) is None
+        assert led.fill("d2-1", FIFO, X, 0, BUY, 1, 101) is None  # joins the newest lot
+    assert ledger.correct("d2-0", 9, 95) is None  # now crosses through zero
+    assert fresh.correct("d2-0", 9, 95) is None
+    ledger.validate()
+    _same_state(ledger, fresh)
+
+
+def test_dump_then_load_after_end_of_day_keeps_the_state_hash_and_busts_still_replay():
+    ledger = new_ledger()
+    _day_one(ledger)
+    assert ledger.end_of_day() is None
+    assert ledger.fill("d2-0", FIFO, X, 0, SELL, 2, 120) is None
+    restored = new_ledger(history=8)
+    restored.load(ledger.dump())
+    assert restored.state_hash() == ledger.state_hash()
+    restored.validate()
+    for led in (ledger, restored):
+        assert led.bust("d2-0") is None
+        assert led.fill("d2-1", AVG, X, 0, SELL, 2, 120) is None
+    assert restored.state_hash() == ledger.state_hash()
+    assert len(restored._a["hist"]) == 512  # the capacity survives a dump of the rows in use
+
+
+def test_end_of_day_that_cannot_carry_the_open_cells_is_refused_and_changes_nothing():
+    ledger = new_ledger(history=3)
+    xnys = ledger.location_index("XNYS")
+    assert ledger.fill("a", FIFO, X, 0, BUY, 1, 100) is None
+    assert ledger.fill("b", FIFO, X, xnys, BUY, 1, 101) is None
+    before = ledger.state_hash()
+    code, text = ledger.end_of_day()  # 2 lots at one location, then 2 moves: 4 rows > 3
+    assert code is LedgerCode.HISTORY_FULL and "end of day" in text
+    assert ledger.state_hash() == before
+    assert ledger.bust("a") is None  # the day's ids are kept
+
+
+booking_st = st.one_of(
+    st.tuples(st.just("fill"), st.sampled_from([AVG, FIFO, BLOCK]), st.sampled_from([X, Y]),
+              st.integers(0, 2), st.sampled_from([BUY, SELL]), st.integers(1, 40), st.integers(1, 500)),
+    st.tuples(st.just("transfer"), st.just(BLOCK), st.sampled_from([AVG, FIFO, C1]),
+              st.sampled_from([X, Y]), st.integers(0, 2), st.integers(-30, 30).filter(bool),
+              st.integers(1, 20_000)),
+)
+
+
+def _run_days(day1, day2, eod: bool, pre_bust: int | None, fix: tuple):
+    ledger = new_ledger()
+    ledger.location_index("XNYS")
+    ledger.location_index("XLON")
+    for n, (op, *args) in enumerate(day1):
+        assert getattr(ledger, op)(n, *args) is None
+    if pre_bust is not None:
+        assert ledger.bust(pre_bust) is None
+    if eod:
+        assert ledger.end_of_day() is None
+        ledger.validate()
+        assert ledger.history_rows() <= _history_bound(ledger)
+    for n, (op, *args) in enumerate(day2, start=len(day1)):
+        assert getattr(ledger, op)(n, *args) is None
+    booking_id, what = fix
+    assert (ledger.bust(booking_id) if what == "bust" else ledger.correct(booking_id, *CORRECTION)) is None
+    ledger.validate()
+    return ledger
+
+
+@settings(max_examples=150, deadline=None)
+@given(day1=st.lists(booking_st, max_size=25), day2=st.lists(booking_st, min_size=1, max_size=15),
+       picks=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans()),
+       marks=st.tuples(st.integers(1, 600), st.integers(1, 600)))
+def test_end_of_day_then_more_bookings_and_a_bust_or_correction_equals_a_ledger_that_never_compacted(
+        day1, day2, picks, marks):
+    k = picks[0] % len(day2)
+    fix = (len(day1) + k, "correct" if day2[k][0] == "fill" and picks[2] else "bust")
+    pre_bust = picks[1] % len(day1) if day1 and picks[1] % 3 else None
+    compacted = _run_days(day1, day2, True, pre_bust, fix)
+    plain = _run_days(day1, day2, False, pre_bust, fix)
+    for led in (compacted, plain):
+        for i, m in enumerate(marks):
+            led.portfolio.tick(i, 0, 0, m, 1)
+    _same_state(compacted, plain)
+    for a in range(len(REF.accounts)):
+        assert compacted.account_totals(a) == plain.account_totals(a)
+    if day1:
+        assert compacted.bust(picks[1] % len(day1))[0] is LedgerCode.UNKNOWN_ID
+
+
+def test_stress_of_five_history_capacities_with_end_of_day_between_days_never_fills_the_history():
+    rng = random.Random(11)
+    capacity = 512
+    ledger = new_ledger(cells=64, lots=4096, history=capacity)
+    oracle = new_ledger(cells=64, lots=4096, history=16_384)  # never compacts
+    for led in (ledger, oracle):
+        led.location_index("XNYS")
+    rows, n = 0, 0
+    while rows < 5 * capacity:
+        day = []
+        for _ in range(200):
+            n += 1
+            r = rng.random()
+            if r < 0.75:
+                cmd = ("fill", n, rng.randrange(6), rng.randrange(2), rng.randrange(2),
+                       rng.randrange(2), rng.randint(1, 30), rng.randint(90, 110))
+                rows += 1
+            elif r < 0.9:
+                fa, ta = rng.sample(range(6), 2)
+                q = rng.randint(-20, 20) or 1
+                cmd = ("transfer", n, fa, ta, rng.randrange(2), rng.randrange(2), q,
+                       abs(q) * rng.randint(90, 110))
+                rows += 2
+            elif day:
+                cmd = ("bust", day.pop(rng.randrange(len(day))))
+            else:
+                continue
+            for led in (ledger, oracle):
+                assert getattr(led, cmd[0])(*cmd[1:]) is None, (cmd, led.history_rows())
+            if cmd[0] != "bust":
+                day.append(n)
+        assert ledger.end_of_day() is None
+        ledger.validate()
+        assert ledger.history_rows() <= _history_bound(ledger)
+        assert ledger.cells() == oracle.cells()
+    oracle.validate()
+    assert rows >= 5 * capacity and oracle.history_rows() > capacity
