@@ -70,6 +70,7 @@ from engine.constants import (
     RejectCode,
 )
 from engine.entitlements import entitlement_refusal
+from engine.ledger import PositionLedger
 from engine.messages import (
     AdvanceTime,
     ApproveOrder,
@@ -192,6 +193,17 @@ _OP_TRADE_FIX = 106
 _BATCH_END = BatchEnd()
 
 
+#: The location of fills made in Kilat's own book (venues' fills carry their MIC).
+INTERNAL = "INTERNAL"
+
+
+def _booked(refusal) -> None:
+    """The ledger refuses only when a capacity is exhausted or the pipeline is wrong: either
+    way the engine cannot go on consistently, so it stops here (the journal is intact)."""
+    if refusal is not None:
+        raise RuntimeError(f"the position ledger refused a booking: {refusal[1]} (code {int(refusal[0])})")
+
+
 def _utc_date(ts: int) -> date:
     return datetime.fromtimestamp(ts / 1e9, UTC).date()
 
@@ -220,6 +232,7 @@ class Pipeline:
         stages: Sequence[Stage] = (),
         portfolio: Portfolio | None = None,
         settlement: SettlementLedger | None = None,
+        ledger: PositionLedger | None = None,
     ):
         self.ref = ref
         self.book = book
@@ -227,6 +240,8 @@ class Pipeline:
         self.portfolio = portfolio if portfolio is not None else Portfolio(ref)
         self.stages = tuple(stages)
         self.settlement = settlement  # pending and settled positions and cash (optional)
+        self.ledger = ledger  # positions by location with cost and P&L (optional)
+        self._internal = ledger.location_index(INTERNAL) if ledger is not None else 0
         self.orders: dict[int, Order] = {}
         self.held: dict[int, SubmitOrder] = {}  # orders waiting for approval -> their command
         # today's executions: exec id -> [order id, qty, price, the other side's exec id (0: none)];
@@ -744,6 +759,8 @@ class Pipeline:
             self.portfolio.end_of_day()
             if self.settlement is not None:  # what is due by the day's date (UTC) settles
                 self.settlement.settle(_utc_date(cmd.ts))
+            if self.ledger is not None:  # the day's bookings can no longer be busted
+                _booked(self.ledger.end_of_day())
             return [*out, CommandDone("EndOfDay", self.seq, len(out))]
         if op == bk.OP_EXPIRE:
             return self._apply(book.expire(cmd.ts), cmd.ts, None, out)
@@ -815,6 +832,8 @@ class Pipeline:
                     self.settlement.bust(exec_id)
                 else:
                     self.settlement.correct(exec_id, new_qty, new_price)
+            if self.ledger is not None:
+                _booked(self.ledger.bust(exec_id) if bust else self.ledger.correct(exec_id, new_qty, new_price))
             if not self._emit:
                 continue
             avg = order.notional / order.cum_qty if order.cum_qty else 0.0
@@ -1005,6 +1024,9 @@ class Pipeline:
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         self.executions[exec_id] = [order.order_id, qty, price, 0]
+        if self.ledger is not None:  # Kilat's own book is the location of an internal cross
+            _booked(self.ledger.fill(exec_id, self._account_index[order.account], order.instrument,
+                                     self._internal, int(order.side), qty, price))
         if self.settlement is not None:
             self.settlement.on_fill(exec_id, order.account, order.instrument, order.side, qty, price, ts)
         if out is None:
@@ -1081,6 +1103,8 @@ class Pipeline:
         h.update(self._encode(sorted(self.executions.items())))
         if self.settlement is not None:
             h.update(self.settlement.state_hash())
+        if self.ledger is not None:
+            h.update(self.ledger.state_hash())
         for stage in self.stages:
             h.update(stage.state_hash())
         return h.hexdigest()
@@ -1104,6 +1128,7 @@ class Pipeline:
             held=sorted(self.held.items()),
             executions=sorted(self.executions.items()),
             settlement=self.settlement.dump() if self.settlement is not None else b"",
+            ledger=self.ledger.dump() if self.ledger is not None else b"",
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1131,6 +1156,8 @@ class Pipeline:
         self.executions = {e: list(v) for e, v in state.executions}
         if self.settlement is not None and state.settlement:
             self.settlement.load(state.settlement)
+        if self.ledger is not None and state.ledger:
+            self.ledger.load(state.ledger)
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1171,6 +1198,7 @@ class _Snapshot(msgspec.Struct):
     stages: list[bytes]
     executions: list[tuple[int, list[int]]] = []
     settlement: bytes = b""
+    ledger: bytes = b""
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

@@ -12,6 +12,7 @@
     kilat trading-state ACCOUNT SYMBOL active|reducing|halted
     kilat audit [--account A] [--of-user U] [--kind K]     (reads the journal file)
     kilat recon FILE [--location L] [--format text|csv|json]
+    kilat report blotter|positions|pnl|allocations|tca|forecast [--format] [--out] [--chart]
 
 Each command acts as ``--user`` (default: the KILAT_USER environment variable); the engine
 checks the user's role.
@@ -216,6 +217,9 @@ def add_commands(add) -> None:
     sp.add_argument("state", choices=["active", "reducing", "halted"])
     add_audit(add)
     add_recon(add)
+    from kilat.report import add_report
+
+    add_report(add)
 
 
 # -- AUDIT: read from the journal file, the record of every decision ------------------------------

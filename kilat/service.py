@@ -30,6 +30,7 @@ from engine import book_events as bk
 from engine.book import NumbaBook
 from engine.constants import RejectCode
 from engine.journal import JournalWriter
+from engine.ledger import PositionLedger
 from engine.messages import (
     AdvanceTime,
     BookLevel,
@@ -134,7 +135,7 @@ def build_pipeline(config: KilatConfig, ref, book, journal=None) -> Pipeline:
     compliance = ComplianceStage(rules, Surveillance(c.surveillance, ref), ref)
     settlement = SettlementLedger(ref, portfolio, Calendars())
     return Pipeline(ref, book, journal, stages=(risk, compliance), portfolio=portfolio,
-                    settlement=settlement)
+                    settlement=settlement, ledger=PositionLedger(ref, portfolio))
 
 
 def warm_up_book() -> None:

@@ -41,6 +41,11 @@ def test_t_plus_1_across_the_christmas_holiday_settles_on_tuesday_and_replays(tm
     settled = ledger.settled("FUND1")
     assert settled.positions["AAPL"] == 100 and not ledger.pending("FUND1")
     assert settled.cash["USD"] == 50_000_000_00 - 100 * 19_000  # cents: opening cash less the cost
+    # P&L: FUND1 bought 100 at 190.00, AAPL last 190.00: nothing realised, nothing unrealised yet
+    fund1 = REF.account_index["FUND1"]
+    assert pipe.ledger.position(fund1, 0).qty == 100 and pipe.ledger.realised(fund1, 0) == 0
+    pipe.process(PriceTick("AAPL", 0, 0, 19_500, ns("2023-12-27T15:00:00"), "admin"))
+    assert pipe.ledger.unrealised(fund1, 0) == 100 * 500  # tick·lots: $500.00
     journal.commit()
     fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
     recover(fresh, tmp_path / "journal", tmp_path / "snapshots")

@@ -225,12 +225,16 @@ def test_bust_reverses_both_sides_in_orders_positions_and_cash_and_recovers_iden
     assert int(pf.cash[fund1, usd]) == cash_before[0] - 200 * 18_995  # ticks of 0.01 = cents
     buyer = pipe.orders[taker.order_id]
     assert (buyer.cum_qty, buyer.qty, buyer.leaves_qty, buyer.busted_qty) == (200, 400, 200, 100)
+    ledger = pipe.ledger  # the position ledger follows: position, location and cost at 189.95
+    assert ledger.qty(fund1, 0) == 200 and ledger.by_location(fund1, 0) == {"INTERNAL": 200}
+    assert ledger.cost(fund1, 0) == 200 * 18_995 and ledger.cost(mm1, 0) == -200 * 18_995
 
     busted = pipe.process(BustTrade(taker.exec_id, "erroneous", 21, "admin"))
     assert [(type(e), e.cum_qty) for e in busted[:2]] == [(TradeBusted, 0), (TradeBusted, 0)]
     assert pf.position[fund1, 0] == 0 and pf.position[mm1, 0] == 0
     assert (int(pf.cash[fund1, usd]), int(pf.cash[mm1, usd])) == cash_before
     assert buyer.status is OrderStatus.NEW and buyer.leaves_qty == 200  # still working, same leaves
+    assert ledger.qty(fund1, 0) == 0 and ledger.cost(fund1, 0) == 0 and ledger.realised(fund1, 0) == 0
     again = pipe.process(BustTrade(taker.exec_id, "twice", 22, "admin"))
     assert type(again[0]) is CommandError and again[0].code == RejectCode.UNKNOWN_EXECUTION
     assert pipe.process(BustTrade(fills[0].exec_id, "", 23, "alice"))[0].code == RejectCode.NOT_ENTITLED
