@@ -193,10 +193,6 @@ _OP_TRADE_FIX = 106
 _BATCH_END = BatchEnd()
 
 
-#: The location of fills made in Kilat's own book (venues' fills carry their MIC).
-INTERNAL = "INTERNAL"
-
-
 def _booked(refusal) -> None:
     """The ledger refuses only when a capacity is exhausted or the pipeline is wrong: either
     way the engine cannot go on consistently, so it stops here (the journal is intact)."""
@@ -241,7 +237,9 @@ class Pipeline:
         self.stages = tuple(stages)
         self.settlement = settlement  # pending and settled positions and cash (optional)
         self.ledger = ledger  # positions by location with cost and P&L (optional)
-        self._internal = ledger.location_index(INTERNAL) if ledger is not None else 0
+        # An internal cross settles at the account's custodian: that is where its position is held.
+        self._custody = ([ledger.custodian_index(a) for a in range(len(ref.account_index))]
+                         if ledger is not None else [])
         self.orders: dict[int, Order] = {}
         self.held: dict[int, SubmitOrder] = {}  # orders waiting for approval -> their command
         # today's executions: exec id -> [order id, qty, price, the other side's exec id (0: none)];
@@ -1024,9 +1022,10 @@ class Pipeline:
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         self.executions[exec_id] = [order.order_id, qty, price, 0]
-        if self.ledger is not None:  # Kilat's own book is the location of an internal cross
-            _booked(self.ledger.fill(exec_id, self._account_index[order.account], order.instrument,
-                                     self._internal, int(order.side), qty, price))
+        if self.ledger is not None:
+            a = self._account_index[order.account]
+            _booked(self.ledger.fill(exec_id, a, order.instrument, self._custody[a], int(order.side),
+                                     qty, price))
         if self.settlement is not None:
             self.settlement.on_fill(exec_id, order.account, order.instrument, order.side, qty, price, ts)
         if out is None:

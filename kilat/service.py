@@ -355,8 +355,9 @@ _QUERIES = (QueryOrders, QueryBook, Ping, QueryAlerts, QueryRisk, QueryPositions
 
 
 def positions_view(pipeline: Pipeline, account: str = "") -> TableView | CommandError:
-    """Positions and working lots per account and instrument (non-zero rows only). O(cells)."""
-    ref, pf = pipeline.ref, pipeline.portfolio
+    """Positions per account, instrument and location with cost and P&L (the ledger), and the
+    working lots of the account × instrument. Non-zero rows only. O(cells)."""
+    ref, pf, ledger = pipeline.ref, pipeline.portfolio, pipeline.ledger
     if account and account not in ref.account_index:
         return CommandError(int(RejectCode.UNKNOWN_ACCOUNT), f"unknown account {account!r}")
     rows = []
@@ -364,14 +365,27 @@ def positions_view(pipeline: Pipeline, account: str = "") -> TableView | Command
         if account and acc != account:
             continue
         for inst in ref.by_index:
-            i = inst.index
-            pos, wb, ws = int(pf.position[a, i]), int(pf.working_buy[a, i]), int(pf.working_sell[a, i])
-            if pos or wb or ws:
-                mark = pf.reference_price(i)
-                rows.append([acc, inst.symbol, inst.spec.currency, pos, wb, ws,
-                             str(ticks_to_price(inst.spec, mark)) if mark else ""])
-    return TableView("positions", ["account", "symbol", "currency", "position", "working_buy",
-                                   "working_sell", "mark"], rows)
+            i, spec = inst.index, inst.spec
+            wb, ws = int(pf.working_buy[a, i]), int(pf.working_sell[a, i])
+            where = ledger.by_location(a, i) if ledger is not None else {"": int(pf.position[a, i])}
+            where = {loc: qty for loc, qty in where.items() if qty} or ({"": 0} if wb or ws else {})
+            if not where:
+                continue
+            mark = pf.reference_price(i)
+            avg = ledger.average_cost(a, i) if ledger is not None else None
+            realised = ledger.realised(a, i) if ledger is not None else 0
+            unrealised = ledger.unrealised(a, i) if ledger is not None else None
+            for loc, qty in sorted(where.items()):
+                rows.append([
+                    acc, inst.symbol, loc, spec.currency, qty, wb, ws,
+                    str(ticks_to_price(spec, mark)) if mark else "",
+                    f"{float(avg) * float(spec.tick_size):.6f}" if avg is not None else "",
+                    str(pf.ticks_to_money(i, realised)),
+                    str(pf.ticks_to_money(i, unrealised)) if unrealised is not None else "",
+                ])
+    return TableView("positions (P&L in the instrument's currency)",
+                     ["account", "symbol", "location", "currency", "position", "working_buy",
+                      "working_sell", "mark", "avg_cost", "realised_pnl", "unrealised_pnl"], rows)
 
 
 def _order_view(o) -> OrderView:

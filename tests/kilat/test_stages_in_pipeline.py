@@ -226,7 +226,7 @@ def test_bust_reverses_both_sides_in_orders_positions_and_cash_and_recovers_iden
     buyer = pipe.orders[taker.order_id]
     assert (buyer.cum_qty, buyer.qty, buyer.leaves_qty, buyer.busted_qty) == (200, 400, 200, 100)
     ledger = pipe.ledger  # the position ledger follows: position, location and cost at 189.95
-    assert ledger.qty(fund1, 0) == 200 and ledger.by_location(fund1, 0) == {"INTERNAL": 200}
+    assert ledger.qty(fund1, 0) == 200 and ledger.by_location(fund1, 0) == {"CUSTODY": 200}
     assert ledger.cost(fund1, 0) == 200 * 18_995 and ledger.cost(mm1, 0) == -200 * 18_995
 
     busted = pipe.process(BustTrade(taker.exec_id, "erroneous", 21, "admin"))
