@@ -27,6 +27,7 @@ from engine.constants import LIMIT, MARKET, STOP, STOP_LIMIT, RejectCode
 from engine.messages import (
     ALERT_COMMANDS,
     AlertsView,
+    AllocationMade,
     ApproveOrder,
     EndOfDay,
     MassCancel,
@@ -180,6 +181,8 @@ class ComplianceStage:
                 order = orders.get(getattr(event, "order_id", 0))
                 if order is not None:
                     cells.add((order.account, order.instrument))
+                    if type(event) is AllocationMade:  # the allocated account's cell moved too
+                        cells.add((event.account, order.instrument))
                 if type(event) in _POSITION_EVENTS and order is not None:
                     if changed is None:
                         changed = np.zeros(self._n_instruments, dtype=np.bool_)

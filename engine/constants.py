@@ -109,6 +109,7 @@ class RejectCode(IntEnum):
     FOUR_EYES = 1021  # the approver submitted the order
     INVALID_CONTROL = 1022  # a control command's fields are invalid
     UNKNOWN_EXECUTION = 1023  # a bust or correction names no execution of the day
+    INVALID_ALLOCATION = 1024  # a block order's allocation instruction does not add up
     # -- 11xx duplicate detection --
     DUPLICATE_CL_ORD_ID = 1101
 

@@ -33,6 +33,7 @@ from engine.messages import (
     SetLocate,
     SetRiskLimit,
     SetTradingState,
+    SubmitBlockOrder,
     SubmitOrder,
     TakeSnapshot,
     UpdateIssuerList,
@@ -75,6 +76,11 @@ def entitlement_refusal(ref: ReferenceData, cmd) -> Refusal | None:
         what = "no user given" if not name else f"unknown user {name!r}"
         return RejectCode.UNKNOWN_USER, f"{what}: every command names a user from the config"
     roles = user.roles
+    if kind is SubmitBlockOrder:  # the block account and every account it allocates to
+        for account in (cmd.account, *(t.account for t in cmd.targets)):
+            if not _ORDER_ROLES.intersection(roles) or account not in user.accounts:
+                return RejectCode.NOT_ENTITLED, f"user {name!r} may not act on account {account!r}"
+        return None
     if kind in (SubmitOrder, ModifyOrder, CancelOrder, MassCancel):
         if kind in (CancelOrder, MassCancel) and "admin" in roles:
             return None

@@ -49,6 +49,38 @@ class SubmitOrder(msgspec.Struct, **_HOT):
     user: str = ""
 
 
+class AllocationTarget(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One account of a block order's allocation: ``qty`` lots (method "explicit") or ``bps``
+    (basis points: a share for "percent", a target weight of the account's NAV for
+    "target_weight"); "pro_rata_nav" uses neither."""
+
+    account: str
+    qty: I64 = 0
+    bps: I64 = 0
+
+
+class SubmitBlockOrder(msgspec.Struct, **_HOT):
+    """One order traded once in a block ``account`` and allocated to many accounts as it fills.
+
+    ``method``: "explicit" (quantities, which must add up to ``qty``), "percent" (basis points
+    adding up to 10,000), "target_weight" (each account's share ∝ its weight × its NAV) or
+    "pro_rata_nav" (∝ NAV). Compliance checks each account's share before the block goes out.
+    """
+
+    account: str
+    cl_ord_id: str
+    symbol: str
+    side: Side
+    qty: I64
+    method: str
+    targets: list[AllocationTarget]
+    order_type: OrderType = OrderType.LIMIT
+    price: I64 = 0
+    tif: TimeInForce = TimeInForce.DAY
+    ts: I64 = 0
+    user: str = ""
+
+
 class CancelOrder(msgspec.Struct, **_HOT):
     """Cancel a working order, named by ``order_id`` or by its ``orig_cl_ord_id``.
 
@@ -341,8 +373,8 @@ class QueryPositions(msgspec.Struct, **_HOT):
 
 
 Command = (
-    SubmitOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot | PriceTick
-    | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
+    SubmitOrder | SubmitBlockOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot
+    | PriceTick | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
     | DismissAlert | CommentAlert | UpdateIssuerList | SetLocate | SetRiskLimit | SetKillSwitch
     | SetTradingState
 )
@@ -354,7 +386,7 @@ ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, C
 
 #: Commands that change state; only these reach the journal.
 STATE_COMMANDS = (
-    SubmitOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
+    SubmitOrder, SubmitBlockOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
     PriceTick, BustTrade, CorrectTrade, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
     SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, DeniedOrder, BatchEnd,
 )
@@ -471,6 +503,22 @@ class OrderTriggered(msgspec.Struct, **_HOT):
     ts: int
 
 
+class AllocationMade(msgspec.Struct, **_HOT):
+    """Part of a block order's fill booked to ``account``: ``qty`` lots for ``notional`` (price
+    ticks × lots, exact: the block's average price); ``cum_qty`` is the account's total so far."""
+
+    order_id: int
+    account: str
+    symbol: str
+    side: Side
+    qty: int
+    notional: int
+    cum_qty: int
+    avg_px: float
+    exec_id: int
+    ts: int
+
+
 class TradeBusted(msgspec.Struct, **_HOT):
     """One side of a busted trade: ``qty`` at ``price`` no longer happened. The order keeps its
     leaves (the busted quantity is not offered again: its total qty is reduced by it)."""
@@ -570,6 +618,7 @@ Event = (
     | OrderCancelRejected
     | OrderExpired
     | OrderTriggered
+    | AllocationMade
     | TradeBusted
     | TradeCorrected
     | OrderHeld

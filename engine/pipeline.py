@@ -38,6 +38,7 @@ import msgspec
 import numpy as np
 
 from engine import book_events as bk
+from engine.allocation import BlockAllocator
 from engine.book_events import (
     CANCEL,
     CANCEL_REJECT,
@@ -58,6 +59,7 @@ from engine.book_events import (
     TRIGGER,
 )
 from engine.constants import (
+    BUY,
     DAY,
     FOK,
     GTD,
@@ -73,6 +75,7 @@ from engine.entitlements import entitlement_refusal
 from engine.ledger import PositionLedger
 from engine.messages import (
     AdvanceTime,
+    AllocationMade,
     ApproveOrder,
     BatchEnd,
     BustTrade,
@@ -99,6 +102,7 @@ from engine.messages import (
     RejectHeldOrder,
     RuleFinding,
     ScreenedOrder,
+    SubmitBlockOrder,
     SubmitOrder,
     TakeSnapshot,
     TradeBusted,
@@ -187,7 +191,7 @@ _S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
 
 # Operations the pipeline runs itself (the book's OP_* are below 100).
 _OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL, _OP_AUDIT = 100, 101, 102, 103, 104, 105
-_OP_TRADE_FIX = 106
+_OP_TRADE_FIX, _OP_BLOCK = 106, 107
 
 
 _BATCH_END = BatchEnd()
@@ -198,6 +202,12 @@ def _booked(refusal) -> None:
     way the engine cannot go on consistently, so it stops here (the journal is intact)."""
     if refusal is not None:
         raise RuntimeError(f"the position ledger refused a booking: {refusal[1]} (code {int(refusal[0])})")
+
+
+def block_order(cmd: SubmitBlockOrder) -> SubmitOrder:
+    """The order a block trades as, in its block account."""
+    return SubmitOrder(cmd.account, cmd.cl_ord_id, cmd.symbol, cmd.side, cmd.qty, cmd.order_type,
+                       cmd.price, cmd.tif, ts=cmd.ts, user=cmd.user)
 
 
 def _utc_date(ts: int) -> date:
@@ -245,6 +255,7 @@ class Pipeline:
         # today's executions: exec id -> [order id, qty, price, the other side's exec id (0: none)];
         # what a bust or a correction works on. Cleared at the end of the day.
         self.executions: dict[int, list[int]] = {}
+        self.blocks: dict[int, BlockAllocator] = {}  # block order id -> its allocator (for the day)
         self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
         self.replaying = False
         self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
@@ -474,6 +485,8 @@ class Pipeline:
             return self._check_decision(cmd)
         if kind is BustTrade or kind is CorrectTrade:
             return self._check_trade_fix(cmd)
+        if kind is SubmitBlockOrder:
+            return self._check_block(cmd, run_hooks)
         if kind is DeniedOrder:
             if run_hooks:
                 raise TypeError("a DeniedOrder comes from the journal only")
@@ -515,11 +528,88 @@ class Pipeline:
             ))]
         return _Prepared(_OP_PRICE, cmd)
 
+    def _check_block(self, cmd: SubmitBlockOrder, run_hooks: bool):
+        """Stages 1-4 for a block: the block order itself, then each account's share as if it
+        were its own order (compliance and risk per account before the block goes out)."""
+        sub = block_order(cmd)
+        split = self._block_split(cmd)
+        if isinstance(split, tuple) and type(split[0]) is not list:
+            return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(split[0]), split[1], cmd.ts)]
+        refused = self._refuse_submit(sub, run_hooks)
+        if type(refused) is Screening:  # a block is not held: its accounts' orders may be
+            if not refused.hold_code:
+                refused = None
+            else:
+                return [OrderDenied(cmd.account, cmd.cl_ord_id, int(refused.hold_code),
+                                    f"a block is not held for approval ({refused.hold_reason})", cmd.ts)]
+        if refused is not None:
+            return refused
+        if run_hooks:
+            accounts, weights, _ = split
+            total = sum(weights)
+            for account, weight in zip(accounts, weights, strict=True):
+                share = cmd.qty * weight // total
+                if share <= 0:
+                    continue
+                probe = msgspec.structs.replace(sub, account=account, qty=share,
+                                                cl_ord_id=f"{cmd.cl_ord_id}@{account}")
+                for hook in self._hooks:
+                    outcome = hook(probe, self)
+                    if outcome is None or (type(outcome) is Screening and not outcome.hold_code):
+                        continue
+                    code, text = ((outcome.hold_code, outcome.hold_reason) if type(outcome) is Screening
+                                  else (int(outcome[0]), outcome[1]))
+                    self._journal(DeniedOrder(sub, int(code), f"allocation to {account}: {text}"))
+                    return [OrderDenied(cmd.account, cmd.cl_ord_id, int(code),
+                                        f"allocation to {account} ({share} lots): {text}", cmd.ts)]
+        return _Prepared(_OP_BLOCK, cmd, split)
+
+    def _block_split(self, cmd: SubmitBlockOrder):
+        """(accounts, integer weights, capped) for the allocator, or (code, text)."""
+        bad = RejectCode.INVALID_ALLOCATION
+        accounts = [t.account for t in cmd.targets]
+        if not accounts:
+            return bad, "a block order needs at least one allocation target"
+        for account in accounts:
+            if account not in self._account_index:
+                return RejectCode.UNKNOWN_ACCOUNT, f"unknown allocation account {account!r}"
+        if cmd.method == "explicit":
+            weights = [t.qty for t in cmd.targets]
+            if sum(weights) != cmd.qty:
+                return bad, f"explicit quantities must add up to the block's {cmd.qty} lots, got {sum(weights)}"
+        elif cmd.method == "percent":
+            weights = [t.bps for t in cmd.targets]
+            if sum(weights) != 10_000:
+                return bad, f"percentages must add up to 10,000 basis points, got {sum(weights)}"
+        elif cmd.method in ("target_weight", "pro_rata_nav"):
+            inst = self.ref.instruments.get(cmd.symbol)
+            if inst is None:
+                return RejectCode.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.symbol!r}"
+            navs = [self.portfolio.nav_minor(self._account_index[a], inst.spec.currency) for a in accounts]
+            missing = [a for a, nav in zip(accounts, navs, strict=True) if nav is None]
+            if missing:
+                return bad, f"no NAV for {', '.join(missing)} in {inst.spec.currency} (a price or FX rate is missing)"
+            weights = ([t.bps * nav for t, nav in zip(cmd.targets, navs, strict=True)]
+                       if cmd.method == "target_weight" else navs)
+        else:
+            return bad, (f"method must be explicit, percent, target_weight or pro_rata_nav, "
+                         f"got {cmd.method!r}")
+        try:
+            BlockAllocator(accounts, weights, 1, block_id="check", capped=cmd.method == "explicit")
+        except ValueError as exc:
+            return bad, str(exc)
+        return accounts, weights, cmd.method == "explicit"
+
     def _check_trade_fix(self, cmd: BustTrade | CorrectTrade):
         execution = self.executions.get(cmd.exec_id)
         if execution is None:
             return [CommandError(int(RejectCode.UNKNOWN_EXECUTION),
                                  f"no execution {cmd.exec_id} today (busted already, or before the last end of day)")]
+        sides = [execution[0]] + ([self.executions[execution[3]][0]] if execution[3] else [])
+        if any(order_id in self.blocks for order_id in sides):
+            return [CommandError(int(RejectCode.INVALID_ALLOCATION),
+                                 f"execution {cmd.exec_id} filled a block order whose fills are allocated; "
+                                 f"busting an allocated fill is not supported yet")]
         if type(cmd) is CorrectTrade:
             order = self.orders[execution[0]]
             inst = self.ref.by_index[order.instrument]
@@ -771,6 +861,13 @@ class Pipeline:
             return out  # a refusal kept for the audit trail: no state
         if op == _OP_TRADE_FIX:
             return self._fix_trade(cmd)
+        if op == _OP_BLOCK:
+            accounts, weights, capped = p.order
+            submit = block_order(cmd)
+            order = self._open(submit)
+            self.blocks[order.order_id] = BlockAllocator(accounts, weights, 1, block_id=str(order.order_id),
+                                                         capped=capped)
+            return self._apply(self.book.submit(*self._book_fields(order, submit)), cmd.ts, order, out)
         if op == _OP_PRICE:
             self.portfolio.tick(self.ref.instruments[cmd.symbol].index, cmd.bid, cmd.ask, cmd.last, cmd.ts)
             return out
@@ -1022,6 +1119,8 @@ class Pipeline:
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         self.executions[exec_id] = [order.order_id, qty, price, 0]
+        if order.order_id in self.blocks:
+            self._allocate(order, exec_id, qty, price, ts, out)
         if self.ledger is not None:
             a = self._account_index[order.account]
             _booked(self.ledger.fill(exec_id, a, order.instrument, self._custody[a], int(order.side),
@@ -1034,6 +1133,26 @@ class Pipeline:
             order.order_id, order.account, order.cl_ord_id, order.symbol, order.side, exec_id,
             qty, price, order.cum_qty, order.leaves_qty, order.notional / order.cum_qty, maker, ts,
         ))
+
+    def _allocate(self, order: Order, exec_id: int, qty: int, price: int, ts: int, out: list | None) -> None:
+        """Book a block fill's allocations: position, cash and cost move from the block account
+        to each account at the block's average price (exact notional), one event each."""
+        allocator = self.blocks[order.order_id]
+        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
+        increments = allocator.on_fill(qty, qty * price)
+        totals = {account: lots for account, lots, _ in allocator.allocations()}
+        for account, lots, notional in increments:
+            if not lots and not notional:
+                continue
+            target = self._account_index[account]
+            if target != block:  # a share allocated to the block account itself stays there
+                self.portfolio.transfer(block, target, i, sign * lots, sign * notional)
+            if self.ledger is not None and lots and target != block:
+                _booked(self.ledger.transfer(f"{exec_id}/{account}", block, target, i, self._custody[block],
+                                             sign * lots, sign * notional))
+            if out is not None:
+                out.append(AllocationMade(order.order_id, account, order.symbol, order.side, lots, notional,
+                                          totals[account], notional / lots if lots else 0.0, exec_id, ts))
 
     def _cancel_rejected(self, cmd, code: int, text: str, for_modify: bool) -> OrderCancelRejected:
         return OrderCancelRejected(cmd.account, cmd.cl_ord_id, cmd.order_id, code, text, for_modify, cmd.ts)
@@ -1048,6 +1167,7 @@ class Pipeline:
             del orders[oid]
         self.cl_ord_ids = {key: oid for key, oid in self.cl_ord_ids.items() if oid in orders}
         self.executions.clear()  # busts and corrections are for the trading day
+        self.blocks = {oid: a for oid, a in self.blocks.items() if oid in orders}  # still working
 
     # -- QUERIES --------------------------------------------------------------------------------
 
@@ -1100,6 +1220,8 @@ class Pipeline:
         h.update(self.portfolio.state_hash())
         h.update(self._encode(sorted(self.held.items())))
         h.update(self._encode(sorted(self.executions.items())))
+        for oid in sorted(self.blocks):
+            h.update(self.blocks[oid].state_hash())
         if self.settlement is not None:
             h.update(self.settlement.state_hash())
         if self.ledger is not None:
@@ -1128,6 +1250,7 @@ class Pipeline:
             executions=sorted(self.executions.items()),
             settlement=self.settlement.dump() if self.settlement is not None else b"",
             ledger=self.ledger.dump() if self.ledger is not None else b"",
+            blocks=[(oid, a.dump()) for oid, a in sorted(self.blocks.items())],
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1157,6 +1280,7 @@ class Pipeline:
             self.settlement.load(state.settlement)
         if self.ledger is not None and state.ledger:
             self.ledger.load(state.ledger)
+        self.blocks = {oid: BlockAllocator.load(data) for oid, data in state.blocks}
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1198,6 +1322,7 @@ class _Snapshot(msgspec.Struct):
     executions: list[tuple[int, list[int]]] = []
     settlement: bytes = b""
     ledger: bytes = b""
+    blocks: list[tuple[int, bytes]] = []
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

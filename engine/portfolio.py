@@ -210,6 +210,38 @@ class Portfolio:
             self.position[a, i] -= qty
             self.cash[a, c] += cost
 
+    def transfer(self, source: int, target: int, instrument: int, qty: int, notional: int) -> None:
+        """Move ``qty`` lots (negative: a short) of ``instrument`` from account ``source`` to
+        ``target`` for ``notional`` price × lots (signed like ``qty``): a block allocation. Cash
+        moves the other way in exact minor units, rounded per transfer (what rounding leaves
+        stays in the block account). O(1)."""
+        c = self.inst_currency[instrument]
+        minor = self.notional_minor(instrument, 1, abs(notional)) * (1 if notional >= 0 else -1)
+        self.position[source, instrument] -= qty
+        self.position[target, instrument] += qty
+        self.cash[source, c] += minor
+        self.cash[target, c] -= minor
+
+    def nav_minor(self, account: int, currency: str) -> int | None:
+        """The account's NAV — cash in every currency plus positions at marks — in minor units
+        of ``currency``, or None when a mark or an FX rate it needs is missing. O(instruments)."""
+        to = self.currency_index[currency]
+        total = 0.0
+        for c in range(len(self.currencies)):
+            amount = int(self.cash[account, c])
+            if amount:
+                rate = self.fx[c, to]
+                if rate != rate:  # NaN: no rate
+                    return None
+                total += amount / 10 ** int(self.minor[c]) * rate
+        for i in np.flatnonzero(self.position[account]).tolist():
+            mark = int(self.mark[i])
+            rate = self.fx[self.inst_currency[i], to]
+            if not mark or rate != rate:
+                return None
+            total += int(self.position[account, i]) * mark * float(self.unit_value[i]) * rate
+        return round(total * 10 ** int(self.minor[to]))
+
     def close(self, order, leaves: int) -> None:
         """An order stops working with ``leaves`` lots unfilled (cancel, expiry, reject, deny).
         O(1)."""

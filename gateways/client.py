@@ -29,6 +29,7 @@ import zmq.asyncio
 from engine.constants import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.messages import (
     AcknowledgeAlert,
+    AllocationTarget,
     ApproveOrder,
     CancelOrder,
     CommentAlert,
@@ -51,6 +52,7 @@ from engine.messages import (
     SetLocate,
     SetRiskLimit,
     SetTradingState,
+    SubmitBlockOrder,
     SubmitOrder,
     TakeSnapshot,
     UpdateIssuerList,
@@ -153,6 +155,16 @@ class KilatClient(_ClientBase):
 
     def snapshot(self) -> list:
         return self.request(TakeSnapshot())
+
+    def submit_block(self, account: str, symbol: str, side: Side | int, qty: int, price: int,
+                     method: str, targets: list, *, cl_ord_id: str | None = None,
+                     order_type=OrderType.LIMIT, tif=TimeInForce.DAY) -> list:
+        """A block order traded in ``account`` and allocated as it fills; ``targets`` are
+        ``AllocationTarget``s or (account, qty, bps) tuples (see ``SubmitBlockOrder``)."""
+        return self.request(SubmitBlockOrder(
+            account, cl_ord_id or _new_cl_ord_id(), symbol, Side(side), qty, method,
+            [t if isinstance(t, AllocationTarget) else AllocationTarget(*t) for t in targets],
+            OrderType(order_type), price, TimeInForce(tif)))
 
     # -- PRICES, OFFICERS, CONTROLS --
 

@@ -29,7 +29,7 @@ from engine.journal import read_journal
 from engine.ledger import INTERNAL, PositionLedger
 from engine.messages import JOURNAL_DECODER
 from engine.model import ReferenceData
-from engine.pipeline import Pipeline
+from engine.pipeline import Pipeline, block_order
 from engine.refbook import ReferenceBook
 from kilat.config import KilatConfig, check_config
 
@@ -232,7 +232,8 @@ class _Collector:
             self.last[i] = record.last or self.last[i]
         elif kind is m.DeniedOrder:
             self._denied(seq, record)
-        submit = record if kind is m.SubmitOrder else record.order if kind is m.ScreenedOrder else None
+        submit = (record if kind is m.SubmitOrder else record.order if kind is m.ScreenedOrder
+                  else block_order(record) if kind is m.SubmitBlockOrder else None)
         for event in events:
             self._event(seq, event, submit)
 

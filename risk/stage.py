@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.constants import RejectCode
 from engine.messages import (
+    AllocationMade,
     EndOfDay,
     MassCancel,
     ModifyOrder,
@@ -148,6 +149,8 @@ class RiskStage:
                 if order is None:
                     continue
                 cells.add((order.account, order.instrument))
+                if type(event) is AllocationMade:  # the allocated account's cell moved too
+                    cells.add((event.account, order.instrument))
                 if type(event) is OrderFilled:
                     if changed is None:
                         changed = np.zeros(self._n_instruments, dtype=np.bool_)

@@ -40,7 +40,7 @@ def test_default_config_loads_with_instruments_in_several_currencies():
         ('currency = "EUR"', 'currency = "euro"', "instruments[3].currency: expected a 3-letter ISO 4217 code"),
         ('symbol = "MSFT"', 'symbol = "AAPL"', "instruments[1].symbol: duplicate symbol 'AAPL'"),
         ('stp = "cancel_both"', 'stp = "sometimes"', "Invalid enum value 'sometimes' - at `$.accounts[2].stp`"),
-        ('accounts = ["FUND1", "FUND2"]', 'accounts = ["FUND9"]', "users[0].accounts: unknown account 'FUND9'"),
+        ('accounts = ["FUND1", "FUND2", "BLOCK"]', 'accounts = ["FUND9"]', "users[0].accounts: unknown account 'FUND9'"),
         ("max_batch = 512", "max_batch = 512\nmystery = 1", "Object contains unknown field `mystery` - at `$.server`"),
     ],
 )

@@ -191,7 +191,7 @@ def test_a_price_move_raises_a_post_trade_breach_and_marks_its_recovery(pipe):
 def test_wash_trade_between_two_accounts_of_one_owner_raises_a_surveillance_alert():
     from engine.model import AccountSpec
 
-    accounts = [*CONFIG.accounts[:2], AccountSpec("MM1", owner="GEF", cash={"USD": 10**7})]
+    accounts = [*CONFIG.accounts[:2], AccountSpec("MM1", owner="GEF", cash={"USD": 10**7}), *CONFIG.accounts[3:]]
     config = type(CONFIG)(CONFIG.instruments, accounts, CONFIG.users, fx_rates=CONFIG.fx_rates,
                           risk=CONFIG.risk, compliance=CONFIG.compliance)
     ref = check_config(config)
