@@ -76,6 +76,7 @@ from compliance.surveillance_kernels import (
     R_TS,
     ST_OK,
 )
+from engine.jit import entry_point as _entry
 from engine.messages import (
     OrderAccepted,
     OrderCanceled,
@@ -632,14 +633,3 @@ def _new_state(pair_cap: int, acct_cap: int, n_instr: int) -> dict[str, np.ndarr
 
 
 __all__ = ["Finding", "Surveillance", "SurveillanceConfig", "DETECTOR_NAMES"]
-
-
-def _entry(dispatcher):
-    """The compiled CPython entry point of a jitted function's single overload: calling it skips
-    numba's argument typing (microseconds for sixteen arrays). The dispatcher if numba's
-    internals differ."""
-    try:
-        (sig,) = dispatcher.signatures
-        return dispatcher.overloads[sig].entry_point
-    except (ValueError, KeyError, AttributeError):
-        return dispatcher

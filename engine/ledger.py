@@ -47,6 +47,7 @@ import numpy as np
 
 from engine import ledger_kernels as k
 from engine.constants import BUY
+from engine.jit import entry_point as _entry
 from engine.model import ConfigError, ReferenceData
 from engine.portfolio import Portfolio
 
@@ -556,16 +557,6 @@ class _LedgerState(msgspec.Struct):
     ids: list[tuple[int, str | int]]
     locations: list[str]
     history: int = 0  # history capacity (the dump holds only the rows in use); 0: len(hist)
-
-
-def _entry(dispatcher):
-    """The compiled entry point of a jitted function's single overload (skips type dispatch),
-    or the dispatcher itself if numba's layout differs."""
-    try:
-        (sig,) = dispatcher.signatures
-        return dispatcher.overloads[sig].entry_point
-    except (ValueError, KeyError, AttributeError):
-        return dispatcher
 
 
 def _check_mirrors() -> None:

@@ -71,6 +71,7 @@ import msgspec
 import numpy as np
 
 from engine.constants import BUY, RejectCode
+from engine.jit import entry_point as _entry
 from engine.messages import ModifyOrder, SubmitOrder
 from engine.model import ConfigError, ReferenceData
 from engine.portfolio import Portfolio
@@ -911,16 +912,6 @@ class RiskEngine:
 
 
 # -- HELPERS ---------------------------------------------------------------------------------------
-
-
-def _entry(dispatcher):
-    """The compiled entry point of a jitted function's single overload (skips type dispatch),
-    or the dispatcher itself if numba's layout differs."""
-    try:
-        (sig,) = dispatcher.signatures
-        return dispatcher.overloads[sig].entry_point
-    except (ValueError, KeyError, AttributeError):
-        return dispatcher
 
 
 def _decimal(value, where: str) -> Decimal:
