@@ -81,6 +81,28 @@ class SubmitBlockOrder(msgspec.Struct, **_HOT):
     user: str = ""
 
 
+class AmendAllocation(msgspec.Struct, **_HOT):
+    """Re-split everything a block order has filled so far under a new instruction (same
+    methods as ``SubmitBlockOrder``), before the end of the day; journaled with its reason."""
+
+    order_id: I64
+    method: str
+    targets: list[AllocationTarget]
+    reason: str
+    ts: I64 = 0
+    user: str = ""
+
+
+class CancelAllocation(msgspec.Struct, **_HOT):
+    """Hand every allocation of a block order back to its block account (later fills stay
+    there until an ``AmendAllocation``), before the end of the day; journaled with its reason."""
+
+    order_id: I64
+    reason: str
+    ts: I64 = 0
+    user: str = ""
+
+
 class CancelOrder(msgspec.Struct, **_HOT):
     """Cancel a working order, named by ``order_id`` or by its ``orig_cl_ord_id``.
 
@@ -373,8 +395,8 @@ class QueryPositions(msgspec.Struct, **_HOT):
 
 
 Command = (
-    SubmitOrder | SubmitBlockOrder | CancelOrder | ModifyOrder | MassCancel | EndOfDay | TakeSnapshot
-    | PriceTick | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
+    SubmitOrder | SubmitBlockOrder | AmendAllocation | CancelAllocation | CancelOrder | ModifyOrder
+    | MassCancel | EndOfDay | TakeSnapshot | PriceTick | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
     | DismissAlert | CommentAlert | UpdateIssuerList | SetLocate | SetRiskLimit | SetKillSwitch
     | SetTradingState
 )
@@ -386,7 +408,7 @@ ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, C
 
 #: Commands that change state; only these reach the journal.
 STATE_COMMANDS = (
-    SubmitOrder, SubmitBlockOrder, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
+    SubmitOrder, SubmitBlockOrder, AmendAllocation, CancelAllocation, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
     PriceTick, BustTrade, CorrectTrade, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
     SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, DeniedOrder, BatchEnd,
 )

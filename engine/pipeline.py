@@ -76,9 +76,11 @@ from engine.ledger import PositionLedger
 from engine.messages import (
     AdvanceTime,
     AllocationMade,
+    AmendAllocation,
     ApproveOrder,
     BatchEnd,
     BustTrade,
+    CancelAllocation,
     CancelOrder,
     CommandDone,
     CommandError,
@@ -191,7 +193,7 @@ _S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
 
 # Operations the pipeline runs itself (the book's OP_* are below 100).
 _OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL, _OP_AUDIT = 100, 101, 102, 103, 104, 105
-_OP_TRADE_FIX, _OP_BLOCK = 106, 107
+_OP_TRADE_FIX, _OP_BLOCK, _OP_ALLOCATION = 106, 107, 108
 
 
 _BATCH_END = BatchEnd()
@@ -487,6 +489,8 @@ class Pipeline:
             return self._check_trade_fix(cmd)
         if kind is SubmitBlockOrder:
             return self._check_block(cmd, run_hooks)
+        if kind is AmendAllocation or kind is CancelAllocation:
+            return self._check_allocation_change(cmd, run_hooks)
         if kind is DeniedOrder:
             if run_hooks:
                 raise TypeError("a DeniedOrder comes from the journal only")
@@ -563,6 +567,33 @@ class Pipeline:
                     return [OrderDenied(cmd.account, cmd.cl_ord_id, int(code),
                                         f"allocation to {account} ({share} lots): {text}", cmd.ts)]
         return _Prepared(_OP_BLOCK, cmd, split)
+
+    def _check_allocation_change(self, cmd: AmendAllocation | CancelAllocation, run_hooks: bool):
+        allocator = self.blocks.get(cmd.order_id)
+        if allocator is None:
+            return [CommandError(int(RejectCode.INVALID_ALLOCATION),
+                                 f"order {cmd.order_id} is not a block order of today")]
+        order = self.orders[cmd.order_id]
+        if not cmd.reason.strip():
+            return [CommandError(int(RejectCode.INVALID_ALLOCATION), "an allocation change needs a reason")]
+        accounts = [order.account] + ([t.account for t in cmd.targets] if type(cmd) is AmendAllocation else [])
+        accounts += list(allocator.accounts)
+        if run_hooks and self._check_users:
+            user = self.ref.users.get(cmd.user)
+            for account in accounts:
+                if user is None or account not in user.accounts:
+                    return [CommandError(int(RejectCode.NOT_ENTITLED),
+                                         f"user {cmd.user!r} may not act on account {account!r}")]
+        if type(cmd) is CancelAllocation:
+            return _Prepared(_OP_ALLOCATION, cmd, None)
+        split = self._block_split(SubmitBlockOrder(order.account, order.cl_ord_id, order.symbol, order.side,
+                                                   order.qty, cmd.method, cmd.targets))
+        if type(split[0]) is not list:
+            return [CommandError(int(split[0]), split[1])]
+        if split[2] != allocator.capped:
+            return [CommandError(int(RejectCode.INVALID_ALLOCATION),
+                                 "an amendment keeps the kind of instruction (explicit quantities or weights)")]
+        return _Prepared(_OP_ALLOCATION, cmd, split)
 
     def _block_split(self, cmd: SubmitBlockOrder):
         """(accounts, integer weights, capped) for the allocator, or (code, text)."""
@@ -861,6 +892,12 @@ class Pipeline:
             return out  # a refusal kept for the audit trail: no state
         if op == _OP_TRADE_FIX:
             return self._fix_trade(cmd)
+        if op == _OP_ALLOCATION:
+            order = self.orders[cmd.order_id]
+            allocator = self.blocks[cmd.order_id]
+            deltas = allocator.cancel() if p.order is None else allocator.amend(p.order[1], p.order[0])
+            self._book_allocations(order, allocator, deltas, f"{self.seq}", 0, cmd.ts, out if self._emit else None)
+            return out
         if op == _OP_BLOCK:
             accounts, weights, capped = p.order
             submit = block_order(cmd)
@@ -1138,21 +1175,29 @@ class Pipeline:
         """Book a block fill's allocations: position, cash and cost move from the block account
         to each account at the block's average price (exact notional), one event each."""
         allocator = self.blocks[order.order_id]
-        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
         increments = allocator.on_fill(qty, qty * price)
+        self._book_allocations(order, allocator, increments, str(exec_id), exec_id, ts, out)
+
+    def _book_allocations(self, order: Order, allocator: BlockAllocator, deltas: list, ref: str,
+                          exec_id: int, ts: int, out: list | None) -> None:
+        """Move each (account, lots, notional) delta between the block account and the account
+        (a negative delta gives back) in positions, cash and the ledger; one event each."""
+        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
         totals = {account: lots for account, lots, _ in allocator.allocations()}
-        for account, lots, notional in increments:
+        for account, lots, notional in deltas:
             if not lots and not notional:
                 continue
             target = self._account_index[account]
             if target != block:  # a share allocated to the block account itself stays there
                 self.portfolio.transfer(block, target, i, sign * lots, sign * notional)
-            if self.ledger is not None and lots and target != block:
-                _booked(self.ledger.transfer(f"{exec_id}/{account}", block, target, i, self._custody[block],
-                                             sign * lots, sign * notional))
+                if self.ledger is not None and lots:
+                    source, dest = (block, target) if lots > 0 else (target, block)
+                    _booked(self.ledger.transfer(f"{ref}/{account}", source, dest, i, self._custody[block],
+                                                 sign * abs(lots), sign * abs(notional) if lots > 0
+                                                 else -sign * notional))
             if out is not None:
                 out.append(AllocationMade(order.order_id, account, order.symbol, order.side, lots, notional,
-                                          totals[account], notional / lots if lots else 0.0, exec_id, ts))
+                                          totals.get(account, 0), notional / lots if lots else 0.0, exec_id, ts))
 
     def _cancel_rejected(self, cmd, code: int, text: str, for_modify: bool) -> OrderCancelRejected:
         return OrderCancelRejected(cmd.account, cmd.cl_ord_id, cmd.order_id, code, text, for_modify, cmd.ts)

@@ -71,7 +71,7 @@ def test_validation_refusal_travels_back_with_its_code(live):
     [
         ([b"r1", b"\xc1"], RejectCode.MALFORMED_MESSAGE, "not valid msgpack"),
         ([b"r2", msgspec.msgpack.encode(["NoSuchMessage", 1])], RejectCode.UNKNOWN_MESSAGE_TYPE,
-         "one of SubmitOrder, SubmitBlockOrder, CancelOrder"),
+         "one of SubmitOrder, SubmitBlockOrder, AmendAllocation"),
         ([b"r3", msgspec.msgpack.encode(["SubmitOrder", "FUND1"])], RejectCode.MALFORMED_MESSAGE,
          "invalid SubmitOrder: Expected `array` of at least length 6"),
         ([b"r4", msgspec.msgpack.encode(["SubmitOrder", "FUND1", "c", "AAPL", 0, "many"])],

@@ -127,3 +127,31 @@ def test_busting_an_allocated_fill_is_refused_with_a_clear_reason():
     fill = next(e for e in sell(p, 100, "s1") if type(e) is OrderFilled)
     refused = p.process(BustTrade(fill.exec_id, "", 30, "admin"))
     assert refused[0].code == RejectCode.INVALID_ALLOCATION and "allocated" in refused[0].reason
+
+
+def test_amend_then_cancel_an_allocation_moves_exact_deltas_and_replays(tmp_path):
+    from engine.messages import AmendAllocation, CancelAllocation, CommandError
+
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    p = pipeline(journal)
+    sell(p, 1_000, "s1", 19_000)
+    oid = p.process(block("percent", [("FUND1", 0, 6_000), ("FUND2", 0, 4_000)]))[0].order_id
+    pf = p.portfolio
+    assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL]) == (600, 400)
+    no_reason = p.process(AmendAllocation(oid, "percent", [AllocationTarget("FUND1", 0, 5_000),
+                                                          AllocationTarget("FUND2", 0, 5_000)], "", 30, "alice"))
+    assert type(no_reason[0]) is CommandError
+    amended = p.process(AmendAllocation(oid, "percent", [AllocationTarget("FUND1", 0, 5_000),
+                                                        AllocationTarget("FUND2", 0, 5_000)],
+                                        "PM re-weighted", 31, "alice"))
+    assert sorted((e.account, e.qty) for e in amended if type(e) is AllocationMade) == [("FUND1", -100), ("FUND2", 100)]
+    assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL]) == (500, 500)
+    assert p.ledger.qty(A["FUND1"], AAPL) == 500 and p.ledger.cost(A["FUND2"], AAPL) == 500 * 19_000
+    p.process(CancelAllocation(oid, "wrong block", 32, "alice"))
+    assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL], pf.position[A["BLOCK"], AAPL]) == (0, 0, 1_000)
+    assert p.ledger.qty(A["BLOCK"], AAPL) == 1_000
+    p.validate()
+    journal.commit()
+    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.state_hash() == p.state_hash()
