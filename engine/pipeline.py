@@ -258,6 +258,7 @@ class Pipeline:
         # what a bust or a correction works on. Cleared at the end of the day.
         self.executions: dict[int, list[int]] = {}
         self.blocks: dict[int, BlockAllocator] = {}  # block order id -> its allocator (for the day)
+        self.block_bookings: dict[int, list[str]] = {}  # block order id -> its ledger transfers today
         self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
         self.replaying = False
         self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
@@ -637,10 +638,17 @@ class Pipeline:
             return [CommandError(int(RejectCode.UNKNOWN_EXECUTION),
                                  f"no execution {cmd.exec_id} today (busted already, or before the last end of day)")]
         sides = [execution[0]] + ([self.executions[execution[3]][0]] if execution[3] else [])
-        if any(order_id in self.blocks for order_id in sides):
-            return [CommandError(int(RejectCode.INVALID_ALLOCATION),
-                                 f"execution {cmd.exec_id} filled a block order whose fills are allocated; "
-                                 f"busting an allocated fill is not supported yet")]
+        for order_id in sides:
+            allocator = self.blocks.get(order_id)
+            if allocator is None:
+                continue
+            today = sum(v[1] for v in self.executions.values() if v[0] == order_id)
+            if today != allocator.filled_qty or not allocator.active:
+                why = ("it also filled on an earlier day" if today != allocator.filled_qty
+                       else "its allocation is cancelled")
+                return [CommandError(int(RejectCode.INVALID_ALLOCATION),
+                                     f"execution {cmd.exec_id} filled block order {order_id}, which cannot be "
+                                     f"re-allocated: {why}")]
         if type(cmd) is CorrectTrade:
             order = self.orders[execution[0]]
             inst = self.ref.by_index[order.instrument]
@@ -952,6 +960,8 @@ class Pipeline:
             order_id, qty, price, _ = self.executions[exec_id]
             order = self.orders[order_id]
             new_qty, new_price = (0, price) if bust else (cmd.qty, cmd.price)
+            if order_id in self.blocks:  # first re-split the block without (or with the new) fill
+                self._reallocate(order, exec_id, new_qty, new_price, cmd.ts, out if self._emit else None)
             order.unfill(qty, price, new_qty, new_price, cmd.ts)
             self.portfolio.unfill(order, qty, price)
             if bust:
@@ -1178,6 +1188,47 @@ class Pipeline:
         increments = allocator.on_fill(qty, qty * price)
         self._book_allocations(order, allocator, increments, str(exec_id), exec_id, ts, out)
 
+    def _reallocate(self, order: Order, exec_id: int, new_qty: int, new_price: int, ts: int,
+                    out: list | None) -> None:
+        """A block fill is busted or corrected: split the day's fills again, as they would have
+        been allocated without it (or with its new figures), and book the differences."""
+        old = self.blocks[order.order_id]
+        fresh = BlockAllocator(list(old.accounts), list(old.weights), old.lot, block_id=old.block_id,
+                               capped=old.capped)
+        for e in sorted(e for e, v in self.executions.items() if v[0] == order.order_id):
+            qty, price = (new_qty, new_price) if e == exec_id else self.executions[e][1:3]
+            if qty:
+                fresh.on_fill(qty, qty * price)
+        before = {a: (q, n) for a, q, n in old.allocations()}
+        deltas = [(a, q - before.get(a, (0, 0))[0], n - before.get(a, (0, 0))[1])
+                  for a, q, n in fresh.allocations()]
+        self.blocks[order.order_id] = fresh
+        # The ledger is re-booked, not adjusted: its transfers of the day are busted and the new
+        # allocations booked whole, so no account shows P&L from a trade that never happened.
+        ledger, self.ledger = self.ledger, None
+        try:
+            self._book_allocations(order, fresh, deltas, "", exec_id, ts, out)
+        finally:
+            self.ledger = ledger
+        if ledger is not None:
+            for booking in self.block_bookings.pop(order.order_id, []):
+                _booked(ledger.bust(booking))
+            self._ledger_allocate(order, fresh.allocations(), f"{exec_id}/fix{self.seq}")
+
+    def _ledger_allocate(self, order: Order, allocations: list, ref: str) -> None:
+        """Book (account, lots, notional) allocations of a block as ledger transfers. O(accounts)."""
+        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
+        bookings = self.block_bookings.setdefault(order.order_id, [])
+        for account, lots, notional in allocations:
+            target = self._account_index[account]
+            if target == block or not lots:
+                continue
+            source, dest = (block, target) if lots > 0 else (target, block)
+            booking = f"{ref}/{account}"
+            _booked(self.ledger.transfer(booking, source, dest, i, self._custody[block], sign * abs(lots),
+                                         sign * abs(notional) if lots > 0 else -sign * notional))
+            bookings.append(booking)
+
     def _book_allocations(self, order: Order, allocator: BlockAllocator, deltas: list, ref: str,
                           exec_id: int, ts: int, out: list | None) -> None:
         """Move each (account, lots, notional) delta between the block account and the account
@@ -1191,10 +1242,7 @@ class Pipeline:
             if target != block:  # a share allocated to the block account itself stays there
                 self.portfolio.transfer(block, target, i, sign * lots, sign * notional)
                 if self.ledger is not None and lots:
-                    source, dest = (block, target) if lots > 0 else (target, block)
-                    _booked(self.ledger.transfer(f"{ref}/{account}", source, dest, i, self._custody[block],
-                                                 sign * abs(lots), sign * abs(notional) if lots > 0
-                                                 else -sign * notional))
+                    self._ledger_allocate(order, [(account, lots, notional)], ref)
             if out is not None:
                 out.append(AllocationMade(order.order_id, account, order.symbol, order.side, lots, notional,
                                           totals.get(account, 0), notional / lots if lots else 0.0, exec_id, ts))
@@ -1213,6 +1261,7 @@ class Pipeline:
         self.cl_ord_ids = {key: oid for key, oid in self.cl_ord_ids.items() if oid in orders}
         self.executions.clear()  # busts and corrections are for the trading day
         self.blocks = {oid: a for oid, a in self.blocks.items() if oid in orders}  # still working
+        self.block_bookings.clear()  # the ledger forgets the day's bookings at its end of day too
 
     # -- QUERIES --------------------------------------------------------------------------------
 
@@ -1267,6 +1316,7 @@ class Pipeline:
         h.update(self._encode(sorted(self.executions.items())))
         for oid in sorted(self.blocks):
             h.update(self.blocks[oid].state_hash())
+        h.update(self._encode(sorted(self.block_bookings.items())))
         if self.settlement is not None:
             h.update(self.settlement.state_hash())
         if self.ledger is not None:
@@ -1296,6 +1346,7 @@ class Pipeline:
             settlement=self.settlement.dump() if self.settlement is not None else b"",
             ledger=self.ledger.dump() if self.ledger is not None else b"",
             blocks=[(oid, a.dump()) for oid, a in sorted(self.blocks.items())],
+            block_bookings=sorted(self.block_bookings.items()),
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1326,6 +1377,7 @@ class Pipeline:
         if self.ledger is not None and state.ledger:
             self.ledger.load(state.ledger)
         self.blocks = {oid: BlockAllocator.load(data) for oid, data in state.blocks}
+        self.block_bookings = {oid: list(ids) for oid, ids in state.block_bookings}
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1368,6 +1420,7 @@ class _Snapshot(msgspec.Struct):
     settlement: bytes = b""
     ledger: bytes = b""
     blocks: list[tuple[int, bytes]] = []
+    block_bookings: list[tuple[int, list[str]]] = []
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

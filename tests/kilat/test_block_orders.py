@@ -121,12 +121,28 @@ def test_an_allocation_that_does_not_add_up_or_breaks_compliance_is_refused():
     assert not p.blocks
 
 
-def test_busting_an_allocated_fill_is_refused_with_a_clear_reason():
-    p = pipeline()
-    p.process(block("percent", [("FUND1", 0, 5_000), ("FUND2", 0, 5_000)]))
-    fill = next(e for e in sell(p, 100, "s1") if type(e) is OrderFilled)
-    refused = p.process(BustTrade(fill.exec_id, "", 30, "admin"))
-    assert refused[0].code == RejectCode.INVALID_ALLOCATION and "allocated" in refused[0].reason
+def test_a_bust_after_allocation_takes_the_fill_back_from_the_accounts_exactly(tmp_path):
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    p = pipeline(journal)
+    usd = p.portfolio.currency_index["USD"]
+    cash0 = {a: int(p.portfolio.cash[A[a], usd]) for a in ("FUND1", "FUND2", "BLOCK", "MM1")}
+    sell(p, 300, "s1", 18_990)
+    sell(p, 700, "s2", 19_000)
+    events = p.process(block("percent", [("FUND1", 0, 6_000), ("FUND2", 0, 4_000)]))
+    first = next(e for e in events if type(e) is OrderFilled and e.account == "BLOCK")  # 300 at 189.90
+    busted = p.process(BustTrade(first.exec_id, "erroneous print", 30, "admin"))
+    back = sorted((e.account, e.qty) for e in busted if type(e) is AllocationMade)
+    assert back == [("FUND1", -180), ("FUND2", -120)]  # 700 left: 420 / 280, as if 300 never traded
+    pf = p.portfolio
+    assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL], pf.position[A["BLOCK"], AAPL]) == (420, 280, 0)
+    assert p.ledger.cost(A["FUND1"], AAPL) == 420 * 19_000 and p.ledger.qty(A["BLOCK"], AAPL) == 0
+    spent = {a: cash0[a] - int(pf.cash[A[a], usd]) for a in cash0}
+    assert spent["FUND1"] + spent["FUND2"] + spent["BLOCK"] == 700 * 19_000 and spent["MM1"] == -700 * 19_000
+    p.validate()
+    journal.commit()
+    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.state_hash() == p.state_hash()
 
 
 def test_amend_then_cancel_an_allocation_moves_exact_deltas_and_replays(tmp_path):
