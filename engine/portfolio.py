@@ -113,10 +113,8 @@ class Portfolio:
     def ticks_to_money(self, instrument: int, tick_lots: int) -> Decimal:
         """A price × quantity figure (ticks × lots, e.g. a cost or a P&L) in the instrument's
         currency, exactly, rounded to its minor unit (half away from zero). O(1)."""
-        num, den = self._minor_per_tick_lot[instrument]
-        sign = -1 if tick_lots < 0 else 1
-        units = (2 * abs(tick_lots) * num + den) // (2 * den)
-        return Decimal(sign * units).scaleb(-int(self.minor[self.inst_currency[instrument]]))
+        units = self.notional_minor(instrument, 1, abs(tick_lots))
+        return Decimal(-units if tick_lots < 0 else units).scaleb(-int(self.minor[self.inst_currency[instrument]]))
 
     def set_fx(self, pair: str, rate: float) -> None:
         """Quote ``pair`` (e.g. "EURUSD": USD per EUR), then rebuild the table: quoted pairs and
