@@ -386,6 +386,26 @@ class BlockAllocator:
                         d_notional[changed].tolist(), strict=True))
 
 
+# -- WEIGHTS FROM VALUATIONS -------------------------------------------------------------------
+
+#: Bits NAV-based weights keep (``quantize_weights``): the largest weight becomes 2**30.
+WEIGHT_BITS = 30
+
+
+def quantize_weights(weights: list[int], bits: int = WEIGHT_BITS) -> list[int]:
+    """Scale non-negative weights so the largest is ``2**bits`` (each rounded half up, a positive
+    weight never below 1), for weights that are valuations (NAV in minor units, or NAV × a target
+    weight, ~1e13-1e17): they keep their ratios within 2**-bits of the largest weight — far finer
+    than a NAV computed from marks is known — and the allocation kernels' int64 products hold
+    (weights this size would otherwise take the Python-int path at several times the cost). A
+    list whose largest weight is already at most ``2**bits`` is returned unchanged. O(n)."""
+    top = max(weights, default=0)
+    if top <= 1 << bits or min(weights) < 0:  # small already, or invalid: the allocator says why
+        return list(weights)
+    scale = 1 << bits
+    return [0 if w == 0 else max(1, (2 * w * scale + top) // (2 * top)) for w in weights]
+
+
 # -- THE RULE IN PLAIN PYTHON (exact for any magnitude; the kernels' oracle) ----------------------
 
 

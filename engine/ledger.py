@@ -212,12 +212,15 @@ class PositionLedger:
         k.transfer(st, 0, 0, 0, 0, 1, 1)
         k.bust(st, 0)
         k.correct(st, 0, 1, 1)
+        none = np.zeros(0, dtype=np.int64)
+        k.retransfer(st, none, none, none, none)
         k.end_of_day(st)
         k.revalue(st, self.portfolio.marks())
         self._k_fill = _entry(k.fill)
         self._k_transfer = _entry(k.transfer)
         self._k_bust = _entry(k.bust)
         self._k_correct = _entry(k.correct)
+        self._k_retransfer = _entry(k.retransfer)
         self._k_end_of_day = _entry(k.end_of_day)
         self._k_revalue = _entry(k.revalue)
 
@@ -286,6 +289,26 @@ class PositionLedger:
             return self._refuse(k.R_UNKNOWN_ID, booking_id)
         code = self._k_bust(self._st, row)
         return self._refuse(code, booking_id) if code else None
+
+    def retransfer(self, changes: list[tuple[object, int, int]]) -> Refusal | None:
+        """Re-figure live transfers ``(ref_id, qty, notional)`` at once, each keeping its place
+        in the history (a block allocation re-averaged by the block's next fill): every cell
+        touched becomes what it would be had the transfers been booked with these figures. None
+        when done; on a refusal nothing changed. O(bookings of the cells touched)."""
+        if not changes:
+            return None
+        rows = []
+        for ref_id, _, _ in changes:
+            row = self._ids.get(ref_id)
+            if row is None:
+                return self._refuse(k.R_UNKNOWN_ID, ref_id)
+            rows.append(row)
+        hist = self._a["hist"]
+        rows_a = np.array(rows, dtype=np.int64)
+        cells = np.unique(np.concatenate((hist[rows_a, k.H_CELL], hist[rows_a + 1, k.H_CELL])))
+        code = self._k_retransfer(self._st, rows_a, np.array([c[1] for c in changes], dtype=np.int64),
+                                  np.array([c[2] for c in changes], dtype=np.int64), cells)
+        return self._refuse(code, changes[0][0]) if code else None
 
     def correct(self, exec_id, qty: int, price: int) -> Refusal | None:
         """Replace a fill's quantity and price, keeping its side, location and place in the

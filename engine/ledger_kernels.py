@@ -584,6 +584,44 @@ def correct(st, h, qty, price):
 
 
 @njit(cache=True)
+def retransfer(st, rows, qtys, values, cells):
+    """Re-figure live transfers in one go: pair ``rows[j]`` (its from-side row) now moves
+    ``qtys[j]`` lots (signed, as booked by ``transfer``) worth ``values[j]`` tick·lots, in its
+    place in the history; then ``cells`` (every cell the pairs touch, each once) are rebuilt.
+    A block allocation re-averaged by a later fill is one call. Everything is checked before
+    anything changes. O(rows of the cells touched)."""
+    n = rows.shape[0]
+    for j in range(n):
+        h = rows[j]
+        if h < 0 or h >= st.meta[M_HIST] or st.hist[h, H_KIND] != K_TRANSFER:
+            return R_UNKNOWN_ID
+        if st.hist[h, H_ALIVE] == 0:
+            return R_ALREADY_BUSTED
+        if qtys[j] == 0:
+            return R_INVALID_QUANTITY
+        if values[j] <= 0:
+            return R_INVALID_NOTIONAL
+        if abs(qtys[j]) > MAX_LOTS or values[j] > MAX_COST:
+            return R_TOO_LARGE
+    extra = 0
+    for c in cells:
+        if st.cells[c, C_METHOD] == FIFO:
+            extra += _live_rows(st, c) - st.cells[c, C_NLOTS]
+    if extra > st.meta[M_FREE_LOTS]:
+        return R_LOTS_FULL
+    for j in range(n):
+        h = rows[j]
+        peer = st.hist[h, H_PEER]
+        st.hist[h, H_QTY] = -qtys[j]
+        st.hist[h, H_VALUE] = values[j]
+        st.hist[peer, H_QTY] = qtys[j]
+        st.hist[peer, H_VALUE] = values[j]
+    for c in cells:
+        _recompute(st, c)
+    return OK
+
+
+@njit(cache=True)
 def _home(st, c):
     """The location a FIFO cell's carried lots are booked at: one holding the whole position if
     any (then no moves are needed), else the first holding a part."""

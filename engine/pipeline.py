@@ -38,7 +38,7 @@ import msgspec
 import numpy as np
 
 from engine import book_events as bk
-from engine.allocation import BlockAllocator
+from engine.allocation import BlockAllocator, quantize_weights
 from engine.book_events import (
     CANCEL,
     CANCEL_REJECT,
@@ -62,6 +62,7 @@ from engine.constants import (
     BUY,
     DAY,
     FOK,
+    GTC,
     GTD,
     IOC,
     LIMIT,
@@ -70,6 +71,7 @@ from engine.constants import (
     STOP_LIMIT,
     OrderType,
     RejectCode,
+    TimeInForce,
 )
 from engine.entitlements import entitlement_refusal
 from engine.ledger import PositionLedger
@@ -258,7 +260,8 @@ class Pipeline:
         # what a bust or a correction works on. Cleared at the end of the day.
         self.executions: dict[int, list[int]] = {}
         self.blocks: dict[int, BlockAllocator] = {}  # block order id -> its allocator (for the day)
-        self.block_bookings: dict[int, list[str]] = {}  # block order id -> its ledger transfers today
+        # block order id -> {account: its ledger transfer}, for the day (the ledger forgets ids then)
+        self.block_bookings: dict[int, dict[str, str]] = {}
         self.notices: list = []  # what stage 8 raised (alerts); the service drains and routes it
         self.replaying = False
         self._replay_pending: list = []  # replayed commands whose BatchEnd is not read yet
@@ -537,6 +540,11 @@ class Pipeline:
         """Stages 1-4 for a block: the block order itself, then each account's share as if it
         were its own order (compliance and risk per account before the block goes out)."""
         sub = block_order(cmd)
+        if cmd.tif == GTC or cmd.tif == GTD:
+            return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(RejectCode.INVALID_TIME_IN_FORCE),
+                                  f"a block order lives one trading day (DAY, IOC or FOK), got {TimeInForce(cmd.tif).name}: "
+                                  f"its fills are allocated at the day's average and settle per trade date",
+                                  cmd.ts)]
         split = self._block_split(cmd)
         if isinstance(split, tuple) and type(split[0]) is not list:
             return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(split[0]), split[1], cmd.ts)]
@@ -621,8 +629,8 @@ class Pipeline:
             missing = [a for a, nav in zip(accounts, navs, strict=True) if nav is None]
             if missing:
                 return bad, f"no NAV for {', '.join(missing)} in {inst.spec.currency} (a price or FX rate is missing)"
-            weights = ([t.bps * nav for t, nav in zip(cmd.targets, navs, strict=True)]
-                       if cmd.method == "target_weight" else navs)
+            weights = quantize_weights([t.bps * nav for t, nav in zip(cmd.targets, navs, strict=True)]
+                                       if cmd.method == "target_weight" else navs)
         else:
             return bad, (f"method must be explicit, percent, target_weight or pro_rata_nav, "
                          f"got {cmd.method!r}")
@@ -643,12 +651,9 @@ class Pipeline:
             if allocator is None:
                 continue
             today = sum(v[1] for v in self.executions.values() if v[0] == order_id)
-            if today != allocator.filled_qty or not allocator.active:
-                why = ("it also filled on an earlier day" if today != allocator.filled_qty
-                       else "its allocation is cancelled")
-                return [CommandError(int(RejectCode.INVALID_ALLOCATION),
-                                     f"execution {cmd.exec_id} filled block order {order_id}, which cannot be "
-                                     f"re-allocated: {why}")]
+            if today != allocator.filled_qty:  # blocks are day orders: a broken invariant
+                raise AssertionError(f"block order {order_id} filled {allocator.filled_qty} lots, "
+                                     f"{today} of them today")
         if type(cmd) is CorrectTrade:
             order = self.orders[execution[0]]
             inst = self.ref.by_index[order.instrument]
@@ -904,7 +909,7 @@ class Pipeline:
             order = self.orders[cmd.order_id]
             allocator = self.blocks[cmd.order_id]
             deltas = allocator.cancel() if p.order is None else allocator.amend(p.order[1], p.order[0])
-            self._book_allocations(order, allocator, deltas, f"{self.seq}", 0, cmd.ts, out if self._emit else None)
+            self._book_allocations(order, allocator, deltas, 0, cmd.ts, out if self._emit else None)
             return out
         if op == _OP_BLOCK:
             accounts, weights, capped = p.order
@@ -1166,14 +1171,14 @@ class Pipeline:
         exec_id = self.next_exec_id
         self.next_exec_id = exec_id + 1
         self.executions[exec_id] = [order.order_id, qty, price, 0]
-        if order.order_id in self.blocks:
-            self._allocate(order, exec_id, qty, price, ts, out)
         if self.ledger is not None:
             a = self._account_index[order.account]
             _booked(self.ledger.fill(exec_id, a, order.instrument, self._custody[a], int(order.side),
                                      qty, price))
         if self.settlement is not None:
             self.settlement.on_fill(exec_id, order.account, order.instrument, order.side, qty, price, ts)
+        if order.order_id in self.blocks:  # the block's own fill is booked first, then moved
+            self._allocate(order, exec_id, qty, price, ts, out)
         if out is None:
             return
         out.append(OrderFilled(
@@ -1186,7 +1191,7 @@ class Pipeline:
         to each account at the block's average price (exact notional), one event each."""
         allocator = self.blocks[order.order_id]
         increments = allocator.on_fill(qty, qty * price)
-        self._book_allocations(order, allocator, increments, str(exec_id), exec_id, ts, out)
+        self._book_allocations(order, allocator, increments, exec_id, ts, out)
 
     def _reallocate(self, order: Order, exec_id: int, new_qty: int, new_price: int, ts: int,
                     out: list | None) -> None:
@@ -1202,50 +1207,65 @@ class Pipeline:
         before = {a: (q, n) for a, q, n in old.allocations()}
         deltas = [(a, q - before.get(a, (0, 0))[0], n - before.get(a, (0, 0))[1])
                   for a, q, n in fresh.allocations()]
+        if not old.active:  # the allocation is cancelled: every lot is in the block account
+            fresh.cancel()
+            self.blocks[order.order_id] = fresh
+            return
         self.blocks[order.order_id] = fresh
-        # The ledger is re-booked, not adjusted: its transfers of the day are busted and the new
-        # allocations booked whole, so no account shows P&L from a trade that never happened.
-        ledger, self.ledger = self.ledger, None
-        try:
-            self._book_allocations(order, fresh, deltas, "", exec_id, ts, out)
-        finally:
-            self.ledger = ledger
-        if ledger is not None:
-            for booking in self.block_bookings.pop(order.order_id, []):
-                _booked(ledger.bust(booking))
-            self._ledger_allocate(order, fresh.allocations(), f"{exec_id}/fix{self.seq}")
+        self._book_allocations(order, fresh, deltas, exec_id, ts, out)
 
-    def _ledger_allocate(self, order: Order, allocations: list, ref: str) -> None:
-        """Book (account, lots, notional) allocations of a block as ledger transfers. O(accounts)."""
-        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
-        bookings = self.block_bookings.setdefault(order.order_id, [])
-        for account, lots, notional in allocations:
-            target = self._account_index[account]
-            if target == block or not lots:
-                continue
-            source, dest = (block, target) if lots > 0 else (target, block)
-            booking = f"{ref}/{account}"
-            _booked(self.ledger.transfer(booking, source, dest, i, self._custody[block], sign * abs(lots),
-                                         sign * abs(notional) if lots > 0 else -sign * notional))
-            bookings.append(booking)
-
-    def _book_allocations(self, order: Order, allocator: BlockAllocator, deltas: list, ref: str,
-                          exec_id: int, ts: int, out: list | None) -> None:
+    def _book_allocations(self, order: Order, allocator: BlockAllocator, deltas: list, exec_id: int,
+                          ts: int, out: list | None) -> None:
         """Move each (account, lots, notional) delta between the block account and the account
-        (a negative delta gives back) in positions, cash and the ledger; one event each."""
+        (a negative delta gives back) in positions, cash and settlement, one event each; then
+        bring the ledger's transfer of each account changed to its whole allocation."""
         block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
-        totals = {account: lots for account, lots, _ in allocator.allocations()}
+        totals = {account: (lots, notional) for account, lots, notional in allocator.allocations()}
+        changed = []
         for account, lots, notional in deltas:
             if not lots and not notional:
                 continue
             target = self._account_index[account]
             if target != block:  # a share allocated to the block account itself stays there
-                self.portfolio.transfer(block, target, i, sign * lots, sign * notional)
-                if self.ledger is not None and lots:
-                    self._ledger_allocate(order, [(account, lots, notional)], ref)
+                paid = self.portfolio.transfer(block, target, i, sign * lots, sign * notional)
+                if self.settlement is not None:
+                    source = exec_id or self._last_execution(order.order_id)
+                    self.settlement.allocate(source, order.account, account, sign * lots, paid)
+                changed.append(account)
             if out is not None:
                 out.append(AllocationMade(order.order_id, account, order.symbol, order.side, lots, notional,
-                                          totals.get(account, 0), notional / lots if lots else 0.0, exec_id, ts))
+                                          totals.get(account, (0, 0))[0], notional / lots if lots else 0.0,
+                                          exec_id, ts))
+        if self.ledger is not None and changed:
+            self._ledger_sync(order, changed, totals)
+
+    def _ledger_sync(self, order: Order, accounts: list[str], totals: dict) -> None:
+        """One ledger transfer per (block, account) holds the account's whole allocation at the
+        block's average: a new fill re-figures it in place (``Ledger.retransfer``), so the cost
+        of lots allocated earlier follows the average as it moves; an allocation taken back to
+        zero is busted. O(accounts changed + bookings of the cells touched)."""
+        block, i, sign = self._account_index[order.account], order.instrument, 1 if order.side == BUY else -1
+        bookings = self.block_bookings.setdefault(order.order_id, {})
+        changes = []
+        for account in accounts:
+            lots, notional = totals.get(account, (0, 0))
+            booking = bookings.get(account)
+            if booking is not None and lots:
+                changes.append((booking, sign * lots, notional))
+            elif booking is not None:
+                _booked(self.ledger.bust(booking))
+                del bookings[account]
+            elif lots:
+                booking = f"{order.order_id}/{account}/{self.seq}"
+                _booked(self.ledger.transfer(booking, block, self._account_index[account], i,
+                                             self._custody[block], sign * lots, notional))
+                bookings[account] = booking
+        _booked(self.ledger.retransfer(changes))
+
+    def _last_execution(self, order_id: int) -> int:
+        """The latest live execution of an order today (an amend's allocations settle on its
+        dates). O(executions today)."""
+        return max(e for e, v in self.executions.items() if v[0] == order_id)
 
     def _cancel_rejected(self, cmd, code: int, text: str, for_modify: bool) -> OrderCancelRejected:
         return OrderCancelRejected(cmd.account, cmd.cl_ord_id, cmd.order_id, code, text, for_modify, cmd.ts)
@@ -1316,7 +1336,7 @@ class Pipeline:
         h.update(self._encode(sorted(self.executions.items())))
         for oid in sorted(self.blocks):
             h.update(self.blocks[oid].state_hash())
-        h.update(self._encode(sorted(self.block_bookings.items())))
+        h.update(self._encode(sorted((oid, sorted(b.items())) for oid, b in self.block_bookings.items())))
         if self.settlement is not None:
             h.update(self.settlement.state_hash())
         if self.ledger is not None:
@@ -1346,7 +1366,7 @@ class Pipeline:
             settlement=self.settlement.dump() if self.settlement is not None else b"",
             ledger=self.ledger.dump() if self.ledger is not None else b"",
             blocks=[(oid, a.dump()) for oid, a in sorted(self.blocks.items())],
-            block_bookings=sorted(self.block_bookings.items()),
+            block_bookings=sorted((oid, sorted(b.items())) for oid, b in self.block_bookings.items()),
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1377,7 +1397,7 @@ class Pipeline:
         if self.ledger is not None and state.ledger:
             self.ledger.load(state.ledger)
         self.blocks = {oid: BlockAllocator.load(data) for oid, data in state.blocks}
-        self.block_bookings = {oid: list(ids) for oid, ids in state.block_bookings}
+        self.block_bookings = {oid: dict(pairs) for oid, pairs in state.block_bookings}
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1420,7 +1440,7 @@ class _Snapshot(msgspec.Struct):
     settlement: bytes = b""
     ledger: bytes = b""
     blocks: list[tuple[int, bytes]] = []
-    block_bookings: list[tuple[int, list[str]]] = []
+    block_bookings: list[tuple[int, list[tuple[str, str]]]] = []
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

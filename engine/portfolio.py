@@ -208,17 +208,18 @@ class Portfolio:
             self.position[a, i] -= qty
             self.cash[a, c] += cost
 
-    def transfer(self, source: int, target: int, instrument: int, qty: int, notional: int) -> None:
+    def transfer(self, source: int, target: int, instrument: int, qty: int, notional: int) -> int:
         """Move ``qty`` lots (negative: a short) of ``instrument`` from account ``source`` to
         ``target`` for ``notional`` price × lots (signed like ``qty``): a block allocation. Cash
         moves the other way in exact minor units, rounded per transfer (what rounding leaves
-        stays in the block account). O(1)."""
+        stays in the block account); returns what ``target`` paid (signed). O(1)."""
         c = self.inst_currency[instrument]
         minor = self.notional_minor(instrument, 1, abs(notional)) * (1 if notional >= 0 else -1)
         self.position[source, instrument] -= qty
         self.position[target, instrument] += qty
         self.cash[source, c] += minor
         self.cash[target, c] -= minor
+        return minor
 
     def nav_minor(self, account: int, currency: str) -> int | None:
         """The account's NAV — cash in every currency plus positions at marks — in minor units

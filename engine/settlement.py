@@ -44,6 +44,12 @@ positions and cash (cash starts from each account's opening cash). Busting a fil
 removes it; busting a fill that already settled books a reversing movement due on the original
 settlement date, so the next ``settle()`` books it (the settled figures then net the trade out).
 A correction is a bust plus a new movement with the same exec id and dates.
+
+A block order trades in its block account, so its fills settle there; each allocation (and each
+amend, cancel or re-split of one) is a pair of ``allocation`` movements between the block account
+and the client account, the lots one way and the exact cash the other, due on the block fill's
+settlement date (``allocate``). Once a block is wholly allocated its account nets to zero on that
+date and each client account settles its own shares, as a custodian's allocation instructions do.
 """
 
 from __future__ import annotations
@@ -56,7 +62,6 @@ from decimal import Decimal
 
 import msgspec
 import numpy as np
-from sortedcontainers import SortedDict
 
 from engine.constants import BUY, SELL
 from engine.model import ConfigError, ReferenceData
@@ -148,6 +153,12 @@ class Calendars:
         """The session (its date in the exchange's time zone) the instant ``ts_ns`` (UTC
         nanoseconds) belongs to; an instant outside a session belongs to the next one.
         O(log sessions)."""
+        return self.trade_session(mic, ts_ns)[2]
+
+    def trade_session(self, mic: str, ts_ns: int) -> tuple[int, int, date]:
+        """``(start, end, trade date)``: every instant in ``[start, end)`` UTC nanoseconds has
+        the trade date of ``ts_ns`` (the previous session's end to this one's), so a caller can
+        keep the window and skip the calendar for the rest of the session. O(log sessions)."""
         ts_ns = int(ts_ns)
         # Sessions labelled before the UTC day minus 2 close before ts (time zones are < 1 day).
         first_day = ts_ns // NS_PER_DAY - 2
@@ -156,8 +167,10 @@ class Calendars:
             t = self._table(mic, _date(first_day).year, _date(first_day).year)
         while True:
             k = bisect_right(t.ends, ts_ns)
-            if k < len(t.ends):
-                return _date(t.days[k])
+            if 0 < k < len(t.ends):
+                return t.ends[k - 1], t.ends[k], _date(t.days[k])
+            if k == 0:  # before the table's first session: only this instant is known
+                return ts_ns, ts_ns + 1, _date(t.days[0])
             t = self._table(mic, t.first_year, t.last_year + 1)
 
     def settlement_date(self, mic: str, trade_date: date, n: int) -> date:
@@ -309,6 +322,7 @@ class SettlementMovement(msgspec.Struct, frozen=True, array_like=True):
     trade_date: date
     settle_date: date
     reversal: bool = False  # books back a busted or corrected fill that had already settled
+    allocation: bool = False  # moves a block fill's lots and cash to or from a client account
 
 
 class Balances(msgspec.Struct, frozen=True):
@@ -321,8 +335,8 @@ class Balances(msgspec.Struct, frozen=True):
 class SettlementLedger:
     """Pending and settled securities and cash per account (see the module docstring).
 
-    Movements are kept in a sorted map by (settlement date, booking order), so ``settle`` costs
-    O(k log n) for k movements settled and a fill O(log n)."""
+    Movements are kept by settlement day, each day's in booking order, so a fill costs O(1) and
+    ``settle`` O(k) for k movements settled (plus sorting the few days pending)."""
 
     def __init__(self, ref: ReferenceData, portfolio, calendars: Calendars):
         self.ref, self.portfolio, self.calendars = ref, portfolio, calendars
@@ -337,16 +351,19 @@ class SettlementLedger:
         self.position = np.zeros((n_a, n_i), dtype=np.int64)  # settled lots
         self.cash = self._opening.copy()  # settled cash, minor units
         self.settled_through: date | None = None  # the latest as_of settle() ran for
-        self._pending: SortedDict = SortedDict()  # (settle day, seq) -> SettlementMovement
+        self._pending = _Pending()  # by settlement day, then booking order
         self._fills: dict[int, SettlementMovement] = {}  # live fills (pending or settled) by exec id
         self._seq = 0
+        # per instrument: (session start, end, trade date, settlement date, its day number) of the
+        # latest fill; a fill inside that window needs no calendar lookup (a cache, not state)
+        self._dates: dict[int, tuple[int, int, date, date, int]] = {}
 
     # -- COMMANDS --
 
     def on_fill(self, exec_id: int, account: str, instrument: int, side: int, qty: int,
                 price: int, ts: int) -> SettlementMovement:
         """Book a fill of ``qty`` lots at ``price`` ticks, executed at ``ts`` (UTC ns), as
-        pending until its settlement date. O(log pending)."""
+        pending until its settlement date. O(1)."""
         if exec_id in self._fills:
             raise ValueError(f"execution {exec_id} is already booked for settlement")
         if account not in self.ref.account_index:
@@ -356,32 +373,34 @@ class SettlementLedger:
         if side not in (BUY, SELL) or qty <= 0 or price <= 0:
             raise ValueError(f"expected side BUY/SELL and positive qty and price, got side={side} "
                              f"qty={qty} price={price} — execution {exec_id}")
-        spec = self.ref.by_index[instrument].spec
-        trade_date = self.calendars.trade_date(spec.mic, ts)
-        settle_date = self.calendars.settlement_date(spec.mic, trade_date, spec.settlement_days)
+        dates = self._dates.get(instrument)
+        if dates is None or not dates[0] <= ts < dates[1]:
+            spec = self.ref.by_index[instrument].spec
+            start, end, trade_date = self.calendars.trade_session(spec.mic, ts)
+            settle_date = self.calendars.settlement_date(spec.mic, trade_date, spec.settlement_days)
+            dates = (start, end, trade_date, settle_date, _day(settle_date))
+            self._dates[instrument] = dates
         sign = 1 if side == BUY else -1
-        return self._book(exec_id, account, instrument, sign * qty, price, trade_date, settle_date)
+        return self._book(exec_id, account, instrument, sign * qty, price, dates[2], dates[3], dates[4])
 
     def bust(self, exec_id: int) -> SettlementMovement:
         """Undo a fill: a pending one is removed (and returned); a settled one gets a reversing
         movement due on its original settlement date (returned), booked by the next ``settle``.
-        O(log pending)."""
+        O(1)."""
         fill = self._fills.pop(exec_id, None)
         if fill is None:
             raise ValueError(f"no live execution {exec_id} to bust (unknown, or busted already)")
-        key = (_day(fill.settle_date), fill.seq)
-        if key in self._pending:
-            del self._pending[key]
+        if self._pending.remove(_day(fill.settle_date), fill.seq):
             return fill
         self._seq += 1
         reversal = msgspec.structs.replace(fill, seq=self._seq, qty=-fill.qty, cash=-fill.cash,
                                            reversal=True)
-        self._pending[(_day(reversal.settle_date), reversal.seq)] = reversal
+        self._pending.add(_day(reversal.settle_date), reversal)
         return reversal
 
     def correct(self, exec_id: int, qty: int, price: int) -> SettlementMovement:
         """Replace a fill's qty and price (same side, exec id, trade and settlement dates):
-        ``bust`` then a new pending movement, returned. O(log pending)."""
+        ``bust`` then a new pending movement, returned. O(1)."""
         if qty <= 0 or price <= 0:
             raise ValueError(f"a correction needs positive qty and price, got qty={qty} price={price} "
                              f"— execution {exec_id}")
@@ -394,14 +413,35 @@ class SettlementLedger:
         return self._book(exec_id, old.account, instrument, sign * qty, price,
                           old.trade_date, old.settle_date)
 
+    def allocate(self, exec_id: int, block: str, account: str, qty: int, cash: int
+                 ) -> tuple[SettlementMovement, SettlementMovement]:
+        """Move ``qty`` lots (signed: what ``account`` receives) and ``cash`` minor units (what
+        it pays, signed) of block fill ``exec_id``'s instrument from the ``block`` account to
+        ``account``, due on that fill's trade and settlement dates: two pending movements,
+        returned (block side, account side). O(1)."""
+        fill = self._fills.get(exec_id)
+        if fill is None:
+            raise ValueError(f"no live execution {exec_id} to allocate from (unknown, or busted)")
+        if fill.account != block:
+            raise ValueError(f"execution {exec_id} was booked in {fill.account!r}, not in block "
+                             f"account {block!r}")
+        if account not in self.ref.account_index or account == block:
+            raise ValueError(f"expected a client account other than the block {block!r}, got {account!r}")
+        moves = []
+        for who, sign in ((block, -1), (account, 1)):
+            self._seq += 1
+            m = SettlementMovement(self._seq, exec_id, who, fill.symbol, fill.currency, sign * qty,
+                                   -sign * cash, fill.trade_date, fill.settle_date, allocation=True)
+            self._pending.add(_day(m.settle_date), m)
+            moves.append(m)
+        return moves[0], moves[1]
+
     def settle(self, as_of: date) -> list[SettlementMovement]:
         """Settle every pending movement due on or before ``as_of``; returns them in (date,
-        booking) order. Running it again for the same date settles nothing. O(k log n)."""
-        pending, done = self._pending, []
-        last = (_day(as_of), float("inf"))
+        booking) order. Running it again for the same date settles nothing. O(k + days pending)."""
+        done = []
         index, cur = self.ref.account_index, self.portfolio.currency_index
-        while pending and pending.peekitem(0)[0] <= last:
-            _, m = pending.popitem(0)
+        for m in self._pending.pop_through(_day(as_of)):
             a = index[m.account]
             self.position[a, self.ref.instruments[m.symbol].index] += m.qty
             self.cash[a, cur[m.currency]] += m.cash
@@ -410,13 +450,13 @@ class SettlementLedger:
             self.settled_through = as_of
         return done
 
-    def _book(self, exec_id, account, instrument, qty, price, trade_date, settle_date):
+    def _book(self, exec_id, account, instrument, qty, price, trade_date, settle_date, settle_day=None):
         spec = self.ref.by_index[instrument].spec
         notional = self.portfolio.notional_minor(instrument, price, abs(qty))
         self._seq += 1
         m = SettlementMovement(self._seq, exec_id, account, spec.symbol, spec.currency, qty,
                                -notional if qty > 0 else notional, trade_date, settle_date)
-        self._pending[(_day(settle_date), m.seq)] = m
+        self._pending.add(_day(settle_date) if settle_day is None else settle_day, m)
         self._fills[exec_id] = m
         return m
 
@@ -461,12 +501,12 @@ class SettlementLedger:
         for (day, seq), m in self._pending.items():
             if (day, seq) != (_day(m.settle_date), m.seq):
                 raise AssertionError(f"pending movement {m.seq} filed under {(day, seq)}")
-            if not m.reversal and self._fills.get(m.exec_id) != m:
+            if not (m.reversal or m.allocation) and self._fills.get(m.exec_id) != m:
                 raise AssertionError(f"pending fill {m.exec_id} is not the live fill of that exec id")
         for exec_id, m in self._fills.items():
             if m.exec_id != exec_id or m.reversal or m.seq > self._seq:
                 raise AssertionError(f"live fill under exec id {exec_id} is {m}")
-            if (m.qty > 0) != (m.cash <= 0):
+            if m.qty and m.cash and (m.qty > 0) != (m.cash < 0):
                 raise AssertionError(f"fill {exec_id} moves securities and cash the same way: {m}")
 
     def state_hash(self) -> bytes:
@@ -500,10 +540,56 @@ class SettlementLedger:
         self.cash[:] = self._opening
         for account, ccy, amount in state.cash:
             self.cash[index[account], cur[ccy]] = amount
-        self._pending = SortedDict({(_day(m.settle_date), m.seq): m for m in state.pending})
+        self._pending = _Pending()
+        for m in sorted(state.pending, key=lambda m: (_day(m.settle_date), m.seq)):
+            self._pending.add(_day(m.settle_date), m)
         self._fills = {m.exec_id: m for m in state.fills}
         self._seq = state.seq
         self.settled_through = state.settled_through
+
+
+class _Pending:
+    """Pending movements by settlement day, each day's in booking order. Bookings arrive in
+    ``seq`` order, so appending keeps a day sorted: adding and removing are O(1), and the days
+    pending at once are few (a settlement cycle's worth), so walking them in order is cheap."""
+
+    __slots__ = ("_days",)
+
+    def __init__(self):
+        self._days: dict[int, dict[int, SettlementMovement]] = {}
+
+    def add(self, day: int, m: SettlementMovement) -> None:
+        """O(1)."""
+        movements = self._days.get(day)
+        if movements is None:
+            movements = self._days[day] = {}
+        movements[m.seq] = m
+
+    def remove(self, day: int, seq: int) -> bool:
+        """Remove movement ``seq`` due on ``day``; False if it is not pending. O(1)."""
+        movements = self._days.get(day)
+        if movements is None or movements.pop(seq, None) is None:
+            return False
+        if not movements:
+            del self._days[day]
+        return True
+
+    def pop_through(self, day: int) -> list[SettlementMovement]:
+        """Remove and return every movement due on or before ``day``, in (day, booking) order.
+        O(k + days log days)."""
+        out = []
+        for d in sorted(k for k in self._days if k <= day):
+            out.extend(self._days.pop(d).values())
+        return out
+
+    def items(self):
+        """((day, seq), movement) in (day, booking) order. O(n + days log days)."""
+        for day in sorted(self._days):
+            for seq, m in self._days[day].items():
+                yield (day, seq), m
+
+    def values(self):
+        return (m for _, m in self.items())
 
 
 def _balances(pos: dict[str, int], cash: dict[str, int]) -> Balances:

@@ -12,7 +12,9 @@ itself forgets:
   end of each day; they stay here);
 - refusals (``DeniedOrder``), which change no state but belong on a blotter;
 - daily P&L marks: at each UTC day boundary of the record stream, every ledger cell's position,
-  realised and unrealised P&L (tick·lots) at that moment's marks.
+  realised and unrealised P&L (tick·lots) at that moment's marks, and the FX rate from its
+  currency to its account's base currency at that moment (the journal's FX prices are its FX
+  history).
 
 The journal is only read (``read_journal`` opens it ``rb``); nothing is written anywhere.
 """
@@ -155,6 +157,7 @@ class DayMark:
     realised: int
     unrealised: int | None  # None: a position and no mark
     mark: int
+    fx_base: float | None = None  # the instrument's currency in the account's base currency, then
 
 
 @dataclass
@@ -407,10 +410,16 @@ def project(config: KilatConfig, journal_path: Path | str) -> Projection:
 
 
 def _day_marks(ledger: PositionLedger, pipeline: Pipeline) -> dict[tuple[int, int], DayMark]:
-    """Every booked cell at the current marks. O(cells)."""
-    marks = pipeline.portfolio.marks()
-    return {cell: DayMark(state.qty, state.realised, ledger.unrealised(*cell), int(marks[cell[1]]))
-            for cell, state in ledger.cells().items()}
+    """Every booked cell at the current marks and FX rates (the journal's FX history is its
+    stream of FX prices: the replay has the table of that moment). O(cells)."""
+    pf = pipeline.portfolio
+    marks = pf.marks()
+    out = {}
+    for (a, i), state in ledger.cells().items():
+        rate = float(pf.fx[pf.inst_currency[i], pf.account_base[a]])
+        out[(a, i)] = DayMark(state.qty, state.realised, ledger.unrealised(a, i), int(marks[i]),
+                              None if rate != rate else rate)
+    return out
 
 
 def side_name(side: int) -> str:

@@ -234,12 +234,15 @@ def _group_positions(rows: list[dict], by: str) -> list[dict]:
 # -- P&L ------------------------------------------------------------------------------------------
 
 PNL_COLUMNS = ("day", "account", "symbol", "currency", "position", "mark", "realised",
-               "unrealised", "unrealised_change", "total", "realised_to_date")
+               "unrealised", "unrealised_change", "total", "realised_to_date", "base_currency",
+               "fx_to_base", "realised_base", "unrealised_base", "total_base")
 
 
 def pnl(proj: Projection, account: str | None = None, symbol: str | None = None) -> list[dict]:
     """Per UTC day × account × instrument: that day's realised P&L, the unrealised P&L at the
-    day's last marks, its change over the day, and their sum. O(days × cells)."""
+    day's last marks, its change over the day, and their sum, in the instrument's currency and
+    (``*_base``) in the account's base currency at the FX rate of the day's end (None when that
+    rate is missing). O(days × cells)."""
     accounts = list(proj.ref.accounts)
     rows = []
     prev: dict[tuple[int, int], object] = {}
@@ -261,6 +264,9 @@ def pnl(proj: Projection, account: str | None = None, symbol: str | None = None)
                 continue  # a flat cell with nothing new that day
             change = None if unreal_now is None or unreal_then is None else unreal_now - unreal_then
             realised = realised_now - realised_then
+            base = proj.ref.accounts[accounts[a]].base_currency
+            rate = now.fx_base if now else before.fx_base
+            total = None if change is None else _money(proj, i, realised + change)
             rows.append({
                 "day": day.isoformat(), "account": accounts[a], "symbol": spec.symbol,
                 "currency": spec.currency, "position": qty,
@@ -268,8 +274,13 @@ def pnl(proj: Projection, account: str | None = None, symbol: str | None = None)
                 "realised": _money(proj, i, realised),
                 "unrealised": _money(proj, i, unreal_now),
                 "unrealised_change": _money(proj, i, change),
-                "total": None if change is None else _money(proj, i, realised + change),
+                "total": total,
                 "realised_to_date": _money(proj, i, realised_now),
+                "base_currency": base,
+                "fx_to_base": rate,
+                "realised_base": _base(_money(proj, i, realised), rate, base, proj),
+                "unrealised_base": _base(_money(proj, i, unreal_now), rate, base, proj),
+                "total_base": _base(total, rate, base, proj),
             })
         prev = cells
     return rows

@@ -3,6 +3,7 @@ fills (hypothesis), amend / cancel, snapshots, and the numba kernels against the
 
 from __future__ import annotations
 
+import random
 from fractions import Fraction
 
 import pytest
@@ -82,6 +83,28 @@ def test_target_weights_times_nav_use_the_exact_path_and_keep_every_invariant():
     filled = alloc.filled_qty
     for (_, qty, _), w in zip(alloc.allocations(), weights, strict=True):
         assert abs(Fraction(qty) - Fraction(filled * w, sum(weights))) < 1
+
+
+def test_quantized_nav_weights_keep_their_ratios_and_the_same_split_on_the_kernel_path():
+    from engine.allocation import WEIGHT_BITS, quantize_weights
+
+    rng = random.Random(11)
+    weights = [rng.randint(1, 10_000) * rng.randint(10**12, 10**13) for _ in range(500)] + [0, 5]
+    small = quantize_weights(weights)
+    top = max(weights)
+    assert max(small) == 1 << WEIGHT_BITS and small[-2] == 0 and small[-1] == 1  # tiny stays > 0
+    for w, q in zip(weights, small, strict=True):
+        assert abs(Fraction(q, 1 << WEIGHT_BITS) - Fraction(w, top)) <= Fraction(1, 1 << WEIGHT_BITS)
+    assert quantize_weights([3, 0, 7]) == [3, 0, 7] and quantize_weights([-1, 10**20]) == [-1, 10**20]
+    exact = BlockAllocator([f"A{k}" for k in range(len(weights))], weights, block_id="B-Q")
+    fast = BlockAllocator([f"A{k}" for k in range(len(weights))], small, block_id="B-Q")
+    for qty in (1, 999, 3, 10_000, 1, 250_000):
+        _fill(exact, qty)
+        _fill(fast, qty)
+    # lots differ from the exact split only where two accounts' shares tie within 2**-30
+    moved = sum(abs(a[1] - b[1]) for a, b in zip(exact.allocations(), fast.allocations(), strict=True))
+    assert moved <= 2
+    fast.validate()
 
 
 def test_pro_rata_by_nav_with_a_zero_nav_account_gives_it_nothing():

@@ -226,6 +226,36 @@ def test_transfer_of_a_short_moves_it_to_the_client():
     assert ledger.realised(BLOCK, X) == 0
 
 
+@pytest.mark.parametrize("client", [C1, FIFO])
+def test_retransfer_equals_a_ledger_that_booked_the_new_figures_in_the_same_place(client):
+    ledger, fresh = new_ledger(), new_ledger()
+    for lg, (q1, v1), (q2, v2) in ((ledger, (6, 600), (4, 400)), (fresh, (9, 909), (1, 101))):
+        book(lg, [(BLOCK, X, BUY, 10, 100)], prefix="a")
+        assert lg.transfer("t1", BLOCK, client, X, 0, q1, v1) is None
+        assert lg.transfer("t2", BLOCK, C2, X, 0, q2, v2) is None
+        book(lg, [(client, X, SELL, 2, 105), (BLOCK, X, BUY, 2, 102)], prefix="b")
+    # the block's next fill re-figures both allocations in place: 9 and 1 lots, at 101 a lot
+    assert ledger.retransfer([("t1", 9, 909), ("t2", 1, 101)]) is None
+    ledger.validate()
+    assert ledger.cells() == fresh.cells()
+    assert ledger.realised(client, X) == fresh.realised(client, X) and ledger.cost(C2, X) == 101
+
+
+def test_retransfer_refused_changes_nothing():
+    ledger = new_ledger()
+    book(ledger, [(BLOCK, X, BUY, 10, 100)])
+    assert ledger.transfer("t", BLOCK, C1, X, 0, 5, 500) is None
+    before = ledger.cells()
+    assert ledger.retransfer([("t", 6, 600), ("nope", 1, 1)])[0] is LedgerCode.UNKNOWN_ID
+    assert ledger.retransfer([("t", 6, 600), ("e0", 1, 1)])[0] is LedgerCode.UNKNOWN_ID  # a fill
+    assert ledger.retransfer([("t", 0, 600)])[0] is LedgerCode.INVALID_QUANTITY
+    assert ledger.retransfer([("t", 6, 0)])[0] is LedgerCode.INVALID_NOTIONAL
+    assert ledger.cells() == before
+    assert ledger.bust("t") is None
+    assert ledger.retransfer([("t", 6, 600)])[0] is LedgerCode.ALREADY_BUSTED
+    ledger.validate()
+
+
 def test_transfer_to_the_same_account_is_refused():
     ledger = new_ledger()
     assert ledger.transfer("t", C1, C1, X, 0, 1, 100)[0] is LedgerCode.SAME_ACCOUNT

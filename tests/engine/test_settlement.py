@@ -291,3 +291,15 @@ def test_fill_with_bad_input_is_refused(ledger):
                        ((2, "A1", AAPL, BUY, 0, 100, 0), "qty")]:
         with pytest.raises(ValueError, match=text):
             ledger.on_fill(*args)
+
+
+def test_dates_cached_per_session_agree_with_the_calendar_for_random_instants(ledger, calendars):
+    rng = random.Random(7)
+    start = ns("2023-12-20 00:00", UTC)
+    instants = sorted(start + rng.randrange(12 * 86_400) * 1_000_000_000 for _ in range(300))
+    instants += [start + rng.randrange(12 * 86_400) * 1_000_000_000 for _ in range(100)]  # out of order
+    for n, ts in enumerate(instants):
+        for i, (mic, days) in enumerate((("XNYS", 1), ("XETR", 2), ("XTKS", 2), ("", 0))):
+            m = ledger.on_fill(4 * n + i, "A1", i, BUY, 1, 100, ts)
+            want = calendars.trade_date(mic, ts)
+            assert (m.trade_date, m.settle_date) == (want, calendars.settlement_date(mic, want, days)), (mic, ts)

@@ -3,6 +3,7 @@ to the accounts at the block's average price, compliance per account first, repl
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from engine.constants import RejectCode, Side
@@ -45,6 +46,14 @@ def sell(p, qty, cl, price=19_000):
     return p.process(SubmitOrder("MM1", cl, "AAPL", Side.SELL, qty, price=price, ts=20, user="bob"))
 
 
+def assert_replays(p, journal, tmp_path) -> None:
+    """Recovery from the journal reaches the same state hash."""
+    journal.commit()
+    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.state_hash() == p.state_hash()
+
+
 def allocations(events) -> dict[str, int]:
     out: dict[str, int] = {}
     for e in events:
@@ -75,10 +84,7 @@ def test_percent_block_fills_in_two_parts_and_each_fill_is_allocated_exactly(tmp
     assert p.ledger.cost(A["FUND1"], AAPL) == 600 * 18_997 and p.ledger.qty(A["BLOCK"], AAPL) == 0
     assert p.ledger.cost(A["FUND2"], AAPL) == 400 * 18_997
     p.validate()
-    journal.commit()
-    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
-    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
-    assert fresh.state_hash() == p.state_hash()
+    assert_replays(p, journal, tmp_path)
 
 
 def test_thirds_with_remainders_never_over_or_under_allocate():
@@ -139,10 +145,7 @@ def test_a_bust_after_allocation_takes_the_fill_back_from_the_accounts_exactly(t
     spent = {a: cash0[a] - int(pf.cash[A[a], usd]) for a in cash0}
     assert spent["FUND1"] + spent["FUND2"] + spent["BLOCK"] == 700 * 19_000 and spent["MM1"] == -700 * 19_000
     p.validate()
-    journal.commit()
-    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
-    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
-    assert fresh.state_hash() == p.state_hash()
+    assert_replays(p, journal, tmp_path)
 
 
 def test_amend_then_cancel_an_allocation_moves_exact_deltas_and_replays(tmp_path):
@@ -167,7 +170,63 @@ def test_amend_then_cancel_an_allocation_moves_exact_deltas_and_replays(tmp_path
     assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL], pf.position[A["BLOCK"], AAPL]) == (0, 0, 1_000)
     assert p.ledger.qty(A["BLOCK"], AAPL) == 1_000
     p.validate()
-    journal.commit()
-    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
-    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
-    assert fresh.state_hash() == p.state_hash()
+    assert_replays(p, journal, tmp_path)
+
+
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+def test_every_accounts_ledger_cost_follows_the_block_average_as_fills_at_new_prices_arrive(side, tmp_path):
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    p = pipeline(journal)
+    other, other_side = ("MM1", Side.SELL) if side == Side.BUY else ("MM1", Side.BUY)
+    if side == Side.SELL:  # FUND1 and FUND2 sell short into the block: give them the borrow
+        from engine.messages import SetLocate
+        for account in ("FUND1", "FUND2", "BLOCK"):
+            assert type(p.process(SetLocate(account, "AAPL", 10_000, 1, "carol"))[0]).__name__ == "CommandDone"
+    events = p.process(SubmitBlockOrder("BLOCK", "blk-avg", "AAPL", side, 1_000, "percent",
+                                        [AllocationTarget("FUND1", 0, 6_667), AllocationTarget("FUND2", 0, 3_333)],
+                                        price=19_000, ts=10, user="alice"))
+    oid = events[0].order_id
+    # fills of 1 lot at moving prices: one account gets nothing on most of them, yet its cost moves
+    for k, (qty, price) in enumerate(((300, 18_990), (1, 19_000), (1, 18_995), (2, 19_000), (1, 18_999))):
+        p.process(SubmitOrder(other, f"c{k}", "AAPL", other_side, qty, price=price, ts=20 + k, user="bob"))
+    sign = 1 if side == Side.BUY else -1
+    for account, lots, notional in p.blocks[oid].allocations():
+        assert p.ledger.qty(A[account], AAPL) == sign * lots
+        assert p.ledger.cost(A[account], AAPL) == sign * notional  # tick·lots at the block's average
+        assert p.ledger.realised(A[account], AAPL) == 0
+    assert p.ledger.qty(A["BLOCK"], AAPL) == 0
+    p.validate()
+    assert_replays(p, journal, tmp_path)
+
+
+def test_a_block_lives_one_day_so_gtc_and_gtd_blocks_are_refused():
+    from engine.constants import TimeInForce
+
+    p = pipeline()
+    for tif in (TimeInForce.GTC, TimeInForce.GTD):
+        cmd = msgspec.structs.replace(block("percent", [("FUND1", 0, 10_000)], cl=f"blk-{tif.name}"), tif=tif)
+        refused = p.process(cmd)
+        assert type(refused[0]) is OrderRejected and refused[0].code == RejectCode.INVALID_TIME_IN_FORCE
+        assert tif.name in refused[0].reason
+    assert not p.blocks
+
+
+def test_a_bust_after_the_allocation_is_cancelled_takes_the_fill_back_from_the_block_account(tmp_path):
+    from engine.messages import CancelAllocation
+
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    p = pipeline(journal)
+    sell(p, 300, "s1", 18_990)
+    sell(p, 700, "s2", 19_000)
+    events = p.process(block("percent", [("FUND1", 0, 6_000), ("FUND2", 0, 4_000)]))
+    oid = events[0].order_id
+    first = next(e for e in events if type(e) is OrderFilled and e.account == "BLOCK")
+    p.process(CancelAllocation(oid, "wrong accounts", 30, "alice"))
+    busted = p.process(BustTrade(first.exec_id, "erroneous print", 31, "admin"))
+    assert not [e for e in busted if type(e) is AllocationMade]
+    pf = p.portfolio
+    assert (pf.position[A["FUND1"], AAPL], pf.position[A["FUND2"], AAPL], pf.position[A["BLOCK"], AAPL]) == (0, 0, 700)
+    assert p.blocks[oid].filled_qty == 700 and not p.blocks[oid].active
+    assert p.ledger.qty(A["BLOCK"], AAPL) == 700 and p.ledger.cost(A["BLOCK"], AAPL) == 700 * 19_000
+    p.validate()
+    assert_replays(p, journal, tmp_path)

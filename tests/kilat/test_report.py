@@ -270,6 +270,25 @@ def test_positions_with_a_missing_fx_rate_show_missing_never_zero(tmp_path):
     assert with_fx["FUND2"]["market_value_base"] == round(1900 / 1.08, 2)
 
 
+def test_pnl_in_base_currency_uses_each_days_closing_fx_rate(tmp_path):
+    day2 = ns("2024-01-11T15:00:00")
+    path = small_journal(tmp_path / "journal.kjl", CONFIG,
+                         PriceTick("EURUSD", 0, 0, 108_000, T0, "admin"),  # 1 EUR = 1.08000 USD
+                         PriceTick("AAPL", 18_990, 19_010, 19_000, T0, "admin"),
+                         order("MM1", "s1", SELL, 10, 19_000, T0 + 1, "bob"),
+                         order("FUND2", "b1", BUY, 10, 19_000, T0 + 2, "alice"),
+                         PriceTick("AAPL", 0, 0, 19_540, T0 + 3, "admin"),  # +5.40 a share
+                         PriceTick("EURUSD", 0, 0, 120_000, day2, "admin"),  # 1 EUR = 1.20000 USD
+                         PriceTick("AAPL", 0, 0, 19_660, day2 + 1, "admin"))  # +1.20 more
+    rows = {(r["day"], r["account"]): r for r in rp.pnl(project(CONFIG, path), symbol="AAPL")}
+    d1, d2 = rows[("2024-01-10", "FUND2")], rows[("2024-01-11", "FUND2")]
+    assert (d1["base_currency"], d1["fx_to_base"]) == ("EUR", pytest.approx(1 / 1.08))
+    assert d1["total"] == Decimal("54.00") and d1["total_base"] == 50.0  # 54 USD / 1.08
+    assert d2["total"] == Decimal("12.00") and d2["total_base"] == 10.0  # 12 USD / 1.20
+    assert d2["unrealised_base"] == 55.0  # 66 USD at the day's 1.20
+    assert rows[("2024-01-10", "MM1")]["total_base"] == -54.0  # USD in USD: no conversion
+
+
 def test_positions_aggregate_by_sector_country_and_currency(proj):
     by_sector = rp.positions(proj, by="sector")
     f1 = next(r for r in by_sector if r["account"] == "FUND1")

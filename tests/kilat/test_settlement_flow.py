@@ -64,3 +64,43 @@ def test_a_bust_before_settlement_removes_the_pending_movements_of_both_sides():
     pipe.process(BustTrade(fill.exec_id, "wrong account", t + 2, "admin"))
     assert not pipe.settlement.pending("FUND2") and not pipe.settlement.pending("MM1")
     pipe.settlement.validate()
+
+
+def test_allocated_block_fills_settle_in_the_client_accounts_and_the_block_nets_to_zero(tmp_path):
+    from engine.messages import AllocationTarget, AmendAllocation, SubmitBlockOrder
+
+    journal = JournalWriter(tmp_path / "journal", fsync=False)
+    pipe = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100), journal)
+    friday = ns("2023-12-22T15:00:00")
+    pipe.process(PriceTick("AAPL", 18_990, 19_010, 19_000, friday, "admin"))
+    pipe.process(SubmitOrder("MM1", "s1", "AAPL", Side.SELL, 300, price=18_990, ts=friday, user="bob"))
+    pipe.process(SubmitOrder("MM1", "s2", "AAPL", Side.SELL, 700, price=19_000, ts=friday, user="bob"))
+    events = pipe.process(SubmitBlockOrder(
+        "BLOCK", "blk", "AAPL", Side.BUY, 1_000, "percent",
+        [AllocationTarget("FUND1", 0, 6_000), AllocationTarget("FUND2", 0, 4_000)],
+        price=19_000, ts=friday + 1, user="alice"))
+    oid = events[0].order_id
+    first = next(e for e in events if type(e) is OrderFilled and e.account == "BLOCK")
+    ledger = pipe.settlement
+    assert {m.settle_date for m in ledger.pending()} == {date(2023, 12, 26)}
+    # the bust re-splits without the first fill; the amend re-weights what is left
+    pipe.process(BustTrade(first.exec_id, "erroneous print", friday + 2, "admin"))
+    pipe.process(AmendAllocation(oid, "percent", [AllocationTarget("FUND1", 0, 5_000),
+                                                  AllocationTarget("FUND2", 0, 5_000)],
+                                 "PM re-weighted", friday + 3, "alice"))
+    pf = pipe.portfolio
+    usd = pf.currency_index["USD"]
+    pipe.process(EndOfDay(ns("2023-12-26T22:00:00"), "admin"))
+    assert not ledger.pending()
+    for account in ("FUND1", "FUND2", "BLOCK", "MM1"):  # settled equals traded, account by account
+        a = REF.account_index[account]
+        settled = ledger.settled(account)
+        assert settled.positions.get("AAPL", 0) == pf.position[a, 0], account
+        assert settled.cash.get("USD", 0) == pf.cash[a, usd], account
+    assert ledger.settled("FUND1").positions["AAPL"] == ledger.settled("FUND2").positions["AAPL"] == 350
+    assert "AAPL" not in ledger.settled("BLOCK").positions
+    ledger.validate()
+    journal.commit()
+    fresh = build_pipeline(CONFIG, REF, ReferenceBook(len(REF.by_index), 1_000, 64, 100))
+    recover(fresh, tmp_path / "journal", tmp_path / "snapshots")
+    assert fresh.state_hash() == pipe.state_hash()

@@ -33,7 +33,8 @@ from tests.risk.test_risk_checks import AAPL, FUND1, MSFT, REF, buy, code, make_
 
 ACCOUNTS = list(REF.account_index)
 N_I = len(REF.by_index)
-MARKS = [10_000, 20_000, 16_000, 2_500, 2_000, 108_000, 150_000]  # AAPL, MSFT, ESH4, SAP, 7203, EURUSD, USDJPY (ticks)
+MARKS = [10_000, 20_000, 16_000, 2_500, 2_000, 108_000, 150_000, 6_000_000]  # AAPL, MSFT, ESH4, SAP, 7203, EURUSD, USDJPY, BTCUSDT (ticks)
+assert len(MARKS) == N_I, "a mark per instrument of the default config"
 CONFIG = RiskConfig(
     allow_no_reference_price=True,  # limit orders on an unpriced instrument reach the exposure check
     limits=[LimitRow(max_order_qty=10**9, max_order_notional=Decimal("1e14"),
