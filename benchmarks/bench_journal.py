@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import msgspec
+from machine import machine  # noqa: E402 (run from benchmarks/: it is on sys.path)
 
 from engine.journal import JournalWriter, read_journal, scan_journal
 
@@ -194,18 +192,7 @@ def _filesystem(path: Path) -> str:
 
 
 def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
+    return machine()
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_order_entry.py [--orders 20000] [--window 256]
 
-A `kilat serve` process (fsync on, as configured by default) on tcp loopback, and this process
-as the client. Baseline in the same run: a bare pyzmq ROUTER echo process, same framing, same
-payload sizes.
+A `kilat serve` process (fsync on, CurveZMQ on, as configured by default) on tcp loopback, and
+this process as the client (with user bob's CURVE keys). Baseline in the same run: a bare pyzmq
+ROUTER echo process (no CURVE), same framing, same payload sizes.
 
 - round trip: one order at a time, client send → server (decode, pipeline, journal commit with
   fsync, route) → client receives the acknowledgement; p50 / p99 / p99.9.
@@ -31,6 +31,7 @@ import zmq
 
 from engine.constants import Side, TimeInForce
 from engine.messages import SubmitOrder
+from gateways.auth import ClientSecurity
 from gateways.client import KilatClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,15 +81,15 @@ def bench_config(scratch: Path) -> Path:
     return path
 
 
-def seed_price(endpoint: str) -> None:
+def seed_price(endpoint: str, keys: Path) -> None:
     """Risk denies orders with no reference price: an admin posts one first."""
-    with KilatClient(endpoint, user="admin") as admin:
+    with KilatClient.from_keys_dir(endpoint, keys, "admin") as admin:
         admin.price("AAPL", 14_990, 15_010, 15_000)
 
 
-def first_replies(endpoint: str, account: str, tag: str) -> dict[str, int]:
+def first_replies(endpoint: str, account: str, tag: str, keys: Path) -> dict[str, int]:
     """After timing: what the server answered (accepted, held for approval, denied...)."""
-    with KilatClient(endpoint, user="bob") as kc:
+    with KilatClient.from_keys_dir(endpoint, keys, "bob") as kc:
         orders_seen = [o for o in kc.orders(account=account) if o.cl_ord_id.startswith(tag)]
     counts: dict[str, int] = {}
     for o in orders_seen:
@@ -96,10 +97,12 @@ def first_replies(endpoint: str, account: str, tag: str) -> dict[str, int]:
     return counts
 
 
-def round_trip(endpoint: str, payloads: list[bytes]) -> dict:
+def round_trip(endpoint: str, payloads: list[bytes], configure=None) -> dict:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if configure is not None:
+        configure(sock)
     sock.connect(endpoint)
     clock = time.perf_counter_ns
     samples = []
@@ -121,10 +124,12 @@ def round_trip(endpoint: str, payloads: list[bytes]) -> dict:
             "p99_9_us": round(float(np.percentile(a, 99.9)) / 1e3, 1), "n": len(a)}
 
 
-def pipelined(endpoint: str, payloads: list[bytes], window: int) -> dict:
+def pipelined(endpoint: str, payloads: list[bytes], window: int, configure=None) -> dict:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if configure is not None:
+        configure(sock)
     sock.connect(endpoint)
     sent = received = 0
     n = len(payloads)
@@ -169,13 +174,17 @@ def main() -> None:
         finally:
             echo.kill()
         kilat_ep = f"tcp://127.0.0.1:{free_port()}"
+        keys = scratch / "keys"
         server = start([sys.executable, "-m", "kilat", "serve", "--endpoint", kilat_ep,
-                        "--data-dir", str(scratch / "data"), "--config", str(bench_config(scratch))])
+                        "--data-dir", str(scratch / "data"), "--config", str(bench_config(scratch)),
+                        "--keys-dir", str(keys), "--venue-endpoint", f"tcp://127.0.0.1:{free_port()}",
+                        "--drop-copy-endpoint", f"tcp://127.0.0.1:{free_port()}"])
         try:
-            seed_price(kilat_ep)
-            result["kilat_round_trip"] = round_trip(kilat_ep, orders(args.orders, "r"))
-            result["kilat_pipelined"] = pipelined(kilat_ep, orders(args.orders, "p"), args.window)
-            statuses = {tag: {a: first_replies(kilat_ep, a, tag) for a in ("FUND1", "MM1")}
+            seed_price(kilat_ep, keys)
+            curve = ClientSecurity.from_keys_dir(keys, "bob")
+            result["kilat_round_trip"] = round_trip(kilat_ep, orders(args.orders, "r"), curve)
+            result["kilat_pipelined"] = pipelined(kilat_ep, orders(args.orders, "p"), args.window, curve)
+            statuses = {tag: {a: first_replies(kilat_ep, a, tag, keys) for a in ("FUND1", "MM1")}
                         for tag in ("r", "p")}
             result["order_statuses"] = statuses
             accepted = sum(n for per in statuses.values() for counts in per.values()

@@ -14,7 +14,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_book.py", "bench_real_flow.py", "bench_pipeline.py", "bench_journal.py",
            "bench_order_entry.py", "bench_risk.py", "bench_compliance.py", "bench_surveillance.py",
-           "bench_pretrade.py", "bench_ledger.py", "bench_allocation.py"]
+           "bench_pretrade.py", "bench_ledger.py", "bench_allocation.py", "bench_feed.py", "bench_curve.py",
+           "bench_route.py"]
 
 
 def main() -> int:

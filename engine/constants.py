@@ -165,8 +165,14 @@ class RejectCode(IntEnum):
     END_OF_DAY = 4200
     GTD_EXPIRED = 4201
 
-    # -- 5xxx venue (gateways issue) --
-    VENUE_REJECTED = 5000
+    # -- 5xxx venue and routing --
+    VENUE_REJECTED = 5000  # the venue refused the child order
+    NO_VENUE = 5001  # no venue is up, lists the instrument and can take the rest
+    UNKNOWN_VENUE = 5002  # the route names a venue the config does not have
+    VENUE_DOWN = 5003  # the venue's session is down
+    ROUTE_NOT_SUPPORTED = 5004  # stop, iceberg and post-only orders are not routed
+    VENUE_CANCELED = 5005  # the venue ended the child order on its own
+    UNKNOWN_CHILD_ORDER = 5006  # a venue report names no child order of Kilat's
 
     # -- 6xxx gateway --
     MALFORMED_MESSAGE = 6001

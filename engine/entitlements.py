@@ -38,7 +38,7 @@ from engine.messages import (
     TakeSnapshot,
     UpdateIssuerList,
 )
-from engine.model import ReferenceData
+from engine.model import SYSTEM_USER, ReferenceData
 
 Refusal = tuple[int, str]
 
@@ -71,7 +71,9 @@ def entitlement_refusal(ref: ReferenceData, cmd) -> Refusal | None:
     if kind is AdvanceTime:
         return None  # made by the service's own timer, never decoded from a client
     name = cmd.user
-    user = users.get(name)  # SYSTEM_USER is never in it: a client cannot claim to be Kilat
+    if name == SYSTEM_USER:
+        return None  # the service's own inputs (feeds, venues); it refuses clients that claim it
+    user = users.get(name)  # SYSTEM_USER is never in it
     if user is None:
         what = "no user given" if not name else f"unknown user {name!r}"
         return RejectCode.UNKNOWN_USER, f"{what}: every command names a user from the config"

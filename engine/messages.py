@@ -47,6 +47,7 @@ class SubmitOrder(msgspec.Struct, **_HOT):
     stp: SelfTradePrevention | None = None  # None: the account's configured mode
     ts: I64 = 0
     user: str = ""
+    route: str = ""  # "": Kilat's own book; "SOR": cross internally, then route to venues; a MIC: that venue
 
 
 class AllocationTarget(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -352,6 +353,102 @@ class ScreenedOrder(msgspec.Struct, **_HOT):
     findings: list[RuleFinding]
 
 
+# -- VENUE INPUTS: what the venue gateway and the feed handler journal (no client sends these) -----
+
+
+class VenueQuote(msgspec.Struct, **_HOT):
+    """A venue's best bid and offer for one instrument (a 0 price: that side is empty), as its
+    feed last showed it; the smart order router reads these."""
+
+    venue: str
+    symbol: str
+    bid: I64
+    bid_size: I64
+    ask: I64
+    ask_size: I64
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueSessionChanged(msgspec.Struct, **_HOT):
+    """A venue's session came up (logged on) or went down (silent past its heartbeat, or
+    disconnected): new child orders avoid a venue that is down."""
+
+    venue: str
+    up: bool
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueAccepted(msgspec.Struct, **_HOT):
+    venue: str
+    child_id: I64
+    venue_order_id: str
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueRejected(msgspec.Struct, **_HOT):
+    """The venue refused a new child order (or Kilat could not send it); the rest is re-routed."""
+
+    venue: str
+    child_id: I64
+    code: I64
+    text: str
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueFilled(msgspec.Struct, **_HOT):
+    """An execution of a child order; ``exec_id`` is the venue's, unique per venue (a repeat is
+    applied once)."""
+
+    venue: str
+    child_id: I64
+    exec_id: str
+    qty: I64
+    price: I64
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueCanceled(msgspec.Struct, **_HOT):
+    """A child order is done at the venue with ``leaves`` lots unfilled: on Kilat's request, or
+    unsolicited (then the rest is re-routed), or unknown to the venue at reconciliation."""
+
+    venue: str
+    child_id: I64
+    leaves: I64
+    reason: str
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueTradeBust(msgspec.Struct, **_HOT):
+    venue: str
+    exec_id: str
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+class VenueTradeCorrection(msgspec.Struct, **_HOT):
+    venue: str
+    exec_id: str
+    qty: I64
+    price: I64
+    reason: str = ""
+    ts: I64 = 0
+    user: str = ""
+
+
+VenueInput = (VenueQuote | VenueSessionChanged | VenueAccepted | VenueRejected | VenueFilled
+              | VenueCanceled | VenueTradeBust | VenueTradeCorrection)
+VENUE_INPUTS = (VenueQuote, VenueSessionChanged, VenueAccepted, VenueRejected, VenueFilled,
+                VenueCanceled, VenueTradeBust, VenueTradeCorrection)
+
+
 # -- QUERIES (read-only, never journaled) -------------------------------------------------------
 
 
@@ -394,14 +491,67 @@ class QueryPositions(msgspec.Struct, **_HOT):
     account: str = ""
 
 
+class QueryVenues(msgspec.Struct, **_HOT):
+    """Each venue's session, working child orders and the day's fills (a table)."""
+
+
+class QueryPrices(msgspec.Struct, **_HOT):
+    """Marks per instrument and each venue's best bid and offer (a table; one symbol, or all)."""
+
+    symbol: str = ""
+
+
+class QueryFills(msgspec.Struct, **_HOT):
+    """Today's executions, newest first (a table; one account, or all)."""
+
+    account: str = ""
+    limit: I64 = 50
+
+
+# -- DROP COPY (gateways/dropcopy.py, docs/dropcopy.md) ---------------------------------------
+
+
+class QueryDropCopy(msgspec.Struct, **_HOT):
+    """The drop copy's events with ``seq > after_seq``, oldest first, at most ``limit`` of them
+    (capped by the server; the reply says the limit it applied). Read-only, never journaled."""
+
+    after_seq: I64
+    limit: I64 = 10_000
+    user: str = ""
+
+
+class DropCopyEvent(msgspec.Struct, **_HOT):
+    """One engine event as the drop copy streams it. ``seq``: the drop copy's own sequence
+    (1, 2, 3, ... with no holes, across restarts); ``record``: the journal record that caused
+    it; ``account`` and ``symbol``: what it is about ("" if nothing; ``symbol`` is filled from
+    the order for events that do not carry it), the keys of its PUB topics."""
+
+    seq: I64
+    record: I64
+    account: str
+    symbol: str
+    event: Event
+
+
+class DropCopyEvents(msgspec.Struct, **_HOT):
+    """The answer to ``QueryDropCopy``: consecutive events, the drop copy's last seq when it
+    answered, whether events after the last one returned exist, and the limit applied."""
+
+    events: list[DropCopyEvent]
+    last_seq: I64
+    more: bool
+    limit: I64 = 0
+
+
 Command = (
     SubmitOrder | SubmitBlockOrder | AmendAllocation | CancelAllocation | CancelOrder | ModifyOrder
     | MassCancel | EndOfDay | TakeSnapshot | PriceTick | BustTrade | CorrectTrade | ApproveOrder | RejectHeldOrder | AcknowledgeAlert | EscalateAlert | ResolveAlert
     | DismissAlert | CommentAlert | UpdateIssuerList | SetLocate | SetRiskLimit | SetKillSwitch
     | SetTradingState
 )
-Query = QueryOrders | QueryBook | Ping | QueryAlerts | QueryRisk | QueryPositions
-Journaled = Command | AdvanceTime | ScreenedOrder | DeniedOrder | BatchEnd
+Query = (QueryOrders | QueryBook | Ping | QueryAlerts | QueryRisk | QueryPositions | QueryDropCopy
+         | QueryVenues | QueryPrices | QueryFills)
+Journaled = Command | AdvanceTime | ScreenedOrder | DeniedOrder | BatchEnd | VenueInput
 ClientMessage = Command | Query
 
 ALERT_COMMANDS = (AcknowledgeAlert, EscalateAlert, ResolveAlert, DismissAlert, CommentAlert)
@@ -411,6 +561,8 @@ STATE_COMMANDS = (
     SubmitOrder, SubmitBlockOrder, AmendAllocation, CancelAllocation, CancelOrder, ModifyOrder, MassCancel, EndOfDay, AdvanceTime, TakeSnapshot,
     PriceTick, BustTrade, CorrectTrade, ApproveOrder, RejectHeldOrder, *ALERT_COMMANDS, UpdateIssuerList, SetLocate,
     SetRiskLimit, SetKillSwitch, SetTradingState, ScreenedOrder, DeniedOrder, BatchEnd,
+    VenueQuote, VenueSessionChanged, VenueAccepted, VenueRejected, VenueFilled, VenueCanceled,
+    VenueTradeBust, VenueTradeCorrection,
 )
 
 
@@ -469,6 +621,7 @@ class OrderFilled(msgspec.Struct, **_HOT):
     avg_px: float
     maker: bool
     ts: int
+    venue: str = ""  # where it executed: "" = Kilat's own book, else the venue's MIC
 
 
 class OrderCanceled(msgspec.Struct, **_HOT):
@@ -578,6 +731,45 @@ class TradeCorrected(msgspec.Struct, **_HOT):
     ts: int
 
 
+class ChildOrderRouted(msgspec.Struct, **_HOT):
+    """The smart order router sent part of a parent order to a venue as a child order."""
+
+    parent_id: int
+    child_id: int
+    account: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: int
+    price: int  # 0: a market child
+    ts: int
+
+
+class ChildCancelRequested(msgspec.Struct, **_HOT):
+    """Kilat asked the venue to cancel a child order (its parent is being canceled)."""
+
+    parent_id: int
+    child_id: int
+    account: str
+    venue: str
+    ts: int
+
+
+class ChildOrderUpdated(msgspec.Struct, **_HOT):
+    """A child order's state at its venue changed: ``status`` is New (acknowledged), Rejected,
+    Canceled or Filled; ``reason`` says why when it ended unfilled."""
+
+    parent_id: int
+    child_id: int
+    account: str
+    venue: str
+    status: str
+    cum_qty: int
+    leaves_qty: int
+    reason: str
+    ts: int
+
+
 class OrderHeld(msgspec.Struct, **_HOT):
     """A SOFT compliance breach: the order waits in PendingApproval for a compliance officer."""
 
@@ -641,6 +833,9 @@ Event = (
     | OrderExpired
     | OrderTriggered
     | AllocationMade
+    | ChildOrderRouted
+    | ChildCancelRequested
+    | ChildOrderUpdated
     | TradeBusted
     | TradeCorrected
     | OrderHeld
@@ -748,7 +943,7 @@ class TableView(msgspec.Struct, **_HOT):
     rows: list[list[str | int | float | bool]]
 
 
-Reply = Event | CommandError | CommandDone | OrdersView | BookView | Pong | AlertsView | TableView
+Reply = Event | CommandError | CommandDone | OrdersView | BookView | Pong | AlertsView | TableView | DropCopyEvents
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(ClientMessage)
 JOURNAL_DECODER = msgspec.msgpack.Decoder(Journaled)

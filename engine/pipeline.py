@@ -76,6 +76,7 @@ from engine.constants import (
 from engine.entitlements import entitlement_refusal
 from engine.ledger import PositionLedger
 from engine.messages import (
+    VENUE_INPUTS,
     AdvanceTime,
     AllocationMade,
     AmendAllocation,
@@ -84,6 +85,9 @@ from engine.messages import (
     BustTrade,
     CancelAllocation,
     CancelOrder,
+    ChildCancelRequested,
+    ChildOrderRouted,
+    ChildOrderUpdated,
     CommandDone,
     CommandError,
     CorrectTrade,
@@ -111,10 +115,22 @@ from engine.messages import (
     TakeSnapshot,
     TradeBusted,
     TradeCorrected,
+    VenueAccepted,
+    VenueFilled,
+    VenueQuote,
+    VenueRejected,
+    VenueSessionChanged,
+    VenueTradeBust,
+    VenueTradeCorrection,
 )
 from engine.model import ReferenceData
 from engine.orders import Order, OrderStatus, Transition
 from engine.portfolio import Portfolio
+from engine.routing import CANCELED as _C_CANCELED
+from engine.routing import FILLED as _C_FILLED
+from engine.routing import NEW as _C_NEW
+from engine.routing import REJECTED as _C_REJECTED
+from engine.routing import Router
 from engine.settlement import SettlementLedger
 
 Refusal = tuple[int, str]
@@ -189,13 +205,18 @@ _T_REPLACE = Transition.REPLACE
 _T_TRIGGER = Transition.TRIGGER
 _T_HOLD = Transition.HOLD
 _T_RELEASE = Transition.RELEASE
+_T_REQUEST_CANCEL = Transition.REQUEST_CANCEL
 _T_DENY = Transition.DENY
 _S_PENDING_NEW = OrderStatus.PENDING_NEW
 _S_PENDING_APPROVAL = OrderStatus.PENDING_APPROVAL
+_S_PENDING_CANCEL = OrderStatus.PENDING_CANCEL
 
 # Operations the pipeline runs itself (the book's OP_* are below 100).
 _OP_SCREENED, _OP_CANCEL_HELD, _OP_DECIDE, _OP_PRICE, _OP_CONTROL, _OP_AUDIT = 100, 101, 102, 103, 104, 105
 _OP_TRADE_FIX, _OP_BLOCK, _OP_ALLOCATION = 106, 107, 108
+_OP_ROUTE, _OP_VENUE, _OP_CANCEL_ROUTED = 109, 110, 111
+#: Positions in ``Pipeline._book_fields``' tuple (the book's submit arguments).
+_BF_TYPE, _BF_TIF, _BF_PRICE, _BF_QTY = 4, 5, 6, 7
 
 
 _BATCH_END = BatchEnd()
@@ -243,6 +264,7 @@ class Pipeline:
         portfolio: Portfolio | None = None,
         settlement: SettlementLedger | None = None,
         ledger: PositionLedger | None = None,
+        router: Router | None = None,
     ):
         self.ref = ref
         self.book = book
@@ -251,6 +273,10 @@ class Pipeline:
         self.stages = tuple(stages)
         self.settlement = settlement  # pending and settled positions and cash (optional)
         self.ledger = ledger  # positions by location with cost and P&L (optional)
+        self.router = router  # venues, their quotes and the child orders of routed orders (optional)
+        # called live with (journal seq, the events of that record) for every record journaled, in
+        # seq order (the drop copy); a BatchEnd's events are the alerts stage 8 raised
+        self.on_record: Callable[[int, list], None] | None = None
         # An internal cross settles at the account's custodian: that is where its position is held.
         self._custody = ([ledger.custodian_index(a) for a in range(len(ref.account_index))]
                          if ledger is not None else [])
@@ -289,7 +315,8 @@ class Pipeline:
 
     def process(self, cmd) -> list:
         """Run one command through every stage; returns the events it caused. O(events)."""
-        if type(cmd) is SubmitOrder:  # the hot path, stage by stage without the generic dispatch
+        before = self.seq
+        if type(cmd) is SubmitOrder and not cmd.route:  # the hot path, without the generic dispatch
             refused = self._refuse_submit(cmd, run_hooks=True)
             if refused is None:
                 self._journal(cmd)
@@ -297,20 +324,29 @@ class Pipeline:
                 for note in self._notes:
                     note(cmd)
                 events = self._apply(self.book.submit(*self._book_fields(order, cmd)), cmd.ts, order, [])
+                if self.on_record is not None:
+                    self.on_record(self.seq, events)
                 if self._observers:
                     self._observe_live([(cmd, events)])
                 return events
             if type(refused) is list:
+                if self.on_record is not None and self.seq != before:  # a DeniedOrder was journaled
+                    self.on_record(self.seq, refused)
                 return refused
             prepared = _Prepared(_OP_SCREENED, _screened(cmd, refused))
-        else:
+        else:  # a routed submit comes here too
             prepared = self._check(cmd, run_hooks=True)
             if not isinstance(prepared, _Prepared):
+                if self.on_record is not None and self.seq != before:
+                    self.on_record(self.seq, prepared)
                 return prepared
         self._journal(prepared.cmd)
+        seq = self.seq
         events = self._execute(prepared)
         for note in self._notes:
             note(prepared.cmd)
+        if self.on_record is not None:
+            self.on_record(seq, events)
         if self._observers:
             self._observe_live([(prepared.cmd, events)])
         return events
@@ -369,8 +405,10 @@ class Pipeline:
         records: list = []  # what was journaled for each command (None: refused), as results
         run: list[_Prepared] = []
         observed = 0  # records before this index were observed (replay: at a BatchEnd)
+        seqs: list[int] = []  # the journal record each live command wrote (0: none), as results
         for cmd in cmds:
             kind = type(cmd)
+            before = self.seq
             if kind is BatchEnd:
                 if live:
                     raise TypeError("a BatchEnd comes from the journal only")
@@ -383,10 +421,9 @@ class Pipeline:
                     if r is not None]
                 self._replay_pending = []
                 records.append(None)
-                results.append([])
                 observed = len(records)
-                if self._observers:
-                    self._observe(pending)
+                # a BatchEnd's events are what stage 8 raised at it (alerts), as when it was live
+                results.append(self._observe(pending) if self._observers else [])
                 continue
             if run and kind is not SubmitOrder and kind is not CancelOrder:
                 results.extend(self._execute_run(run))
@@ -403,16 +440,19 @@ class Pipeline:
                     run = []
                 results.append(prepared)
                 records.append(None)
+                seqs.append(self.seq if self.seq != before else 0)  # a DeniedOrder, or nothing
                 continue
             if live:
                 self._journal(prepared.cmd)
             else:
                 self.seq += 1
             records.append(prepared.cmd)
+            seqs.append(self.seq)
             op = prepared.op
             if op == _OP_SCREENED and not prepared.cmd.hold_code:
-                prepared = _Prepared(bk.OP_SUBMIT, prepared.cmd.order)
-                op = bk.OP_SUBMIT
+                routed = bool(prepared.cmd.order.route)
+                prepared = _Prepared(_OP_ROUTE if routed else bk.OP_SUBMIT, prepared.cmd.order)
+                op = prepared.op
             if op == bk.OP_SUBMIT:
                 prepared.order = self._open(prepared.cmd)
                 run.append(prepared)
@@ -428,6 +468,10 @@ class Pipeline:
                 note(records[-1])
         if run:
             results.extend(self._execute_run(run))
+        if live and self.on_record is not None:
+            for seq, events in zip(seqs, results, strict=True):
+                if seq:
+                    self.on_record(seq, events)
         if self._observers:
             done = [(r, ev) for r, ev in zip(records[observed:], results[observed:], strict=True)
                     if r is not None]
@@ -445,23 +489,34 @@ class Pipeline:
         if self.defer_observe:
             self._unobserved.extend(done)
             return
-        self._observe(done)
-        self._journal(_BATCH_END)
+        self._observe_and_mark(done)
 
     def observe_pending(self) -> None:
         """Stage 8 for what ``defer_observe`` kept back: one batch, one ``BatchEnd``. It must
         run before the next command is checked (the service calls it right after sending)."""
         if self._unobserved:
             done, self._unobserved = self._unobserved, []
-            self._observe(done)
-            self._journal(_BATCH_END)
+            self._observe_and_mark(done)
 
-    def _observe(self, done: list[tuple[object, list]]) -> None:
-        """Stage 8: every observing stage sees the journaled commands with their events."""
+    def _observe_and_mark(self, done: list[tuple[object, list]]) -> None:
+        """Stage 8, then the journaled ``BatchEnd``; what stage 8 raised is that record's events."""
+        first = len(self.notices)
+        self._observe(done)
+        self._journal(_BATCH_END)
+        if self.on_record is not None:
+            self.on_record(self.seq, self.notices[first:])
+
+    def _observe(self, done: list[tuple[object, list]]) -> list:
+        """Stage 8: every observing stage sees the journaled commands with their events; returns
+        what they raised (live, it also goes to ``notices``)."""
+        out: list = []
         for observe in self._observers:
             raised = observe(done, self)
-            if raised and not self.replaying:
-                self.notices.extend(raised)
+            if raised:
+                out.extend(raised)
+                if not self.replaying:
+                    self.notices.extend(raised)
+        return out
 
     def next_expiry(self) -> int:
         """When the earliest GTD order expires (ns), or 0 if none. O(1)."""
@@ -495,6 +550,8 @@ class Pipeline:
             return self._check_block(cmd, run_hooks)
         if kind is AmendAllocation or kind is CancelAllocation:
             return self._check_allocation_change(cmd, run_hooks)
+        if kind in VENUE_INPUTS:
+            return self._check_venue(cmd)
         if kind is DeniedOrder:
             if run_hooks:
                 raise TypeError("a DeniedOrder comes from the journal only")
@@ -519,9 +576,13 @@ class Pipeline:
         return [CommandError(code, text)]
 
     def _check_submit(self, cmd: SubmitOrder, run_hooks: bool):
+        if cmd.route:
+            refusal = self._check_route(cmd)
+            if refusal is not None:
+                return [OrderRejected(cmd.account, cmd.cl_ord_id, 0, int(refusal[0]), refusal[1], cmd.ts)]
         refused = self._refuse_submit(cmd, run_hooks)
         if refused is None:
-            return _Prepared(bk.OP_SUBMIT, cmd)
+            return _Prepared(_OP_ROUTE if cmd.route else bk.OP_SUBMIT, cmd)
         if type(refused) is list:
             return refused
         return _Prepared(_OP_SCREENED, _screened(cmd, refused))
@@ -796,6 +857,12 @@ class Pipeline:
             return [self._cancel_rejected(cmd, int(refusal[0]), refusal[1], False)]
         if found.status is _S_PENDING_APPROVAL:
             return _Prepared(_OP_CANCEL_HELD, cmd, found)  # never reached the book
+        if self.router is not None and self.router.is_routed(found.order_id):
+            if not found.is_working or found.status is _S_PENDING_CANCEL:
+                what = "a cancel is already pending" if found.is_working else f"it is {found.status.value}"
+                return [self._cancel_rejected(cmd, int(RejectCode.ORDER_NOT_WORKING),
+                                              f"order {found.order_id} cannot be canceled: {what}", False)]
+            return _Prepared(_OP_CANCEL_ROUTED, cmd, found)  # its children are at venues
         # Whether it still works is the book's call: the batch path may not have applied fills yet.
         return _Prepared(bk.OP_CANCEL, cmd, found)
 
@@ -804,6 +871,9 @@ class Pipeline:
         refusal = found if isinstance(found, tuple) else self._check_request_id(cmd)
         if refusal is None and found.status is _S_PENDING_APPROVAL:
             refusal = RejectCode.ORDER_HELD, f"order {found.order_id} is held for approval; cancel it instead"
+        if refusal is None and self.router is not None and self.router.is_routed(found.order_id):
+            refusal = RejectCode.ROUTE_NOT_SUPPORTED, (f"order {found.order_id} was routed to venues; "
+                                                       "cancel it and send a new one")
         if refusal is None:
             refusal = self._validate_modify(cmd, found, check_band=run_hooks)
         if refusal is None and run_hooks:
@@ -880,14 +950,21 @@ class Pipeline:
             instr = self.ref.instruments[cmd.symbol].index if cmd.symbol else -1
             account = self._account_index[cmd.account] if cmd.account else -1
             self._apply(book.mass_cancel(instr, account, side), cmd.ts, None, out)
-            self._cancel_held(lambda o: (instr < 0 or o.instrument == instr) and (
-                not cmd.account or o.account == cmd.account) and (side < 0 or o.side == side),
-                int(RejectCode.MASS_CANCEL), cmd.ts, out)
+            def match(o: Order) -> bool:
+                return ((instr < 0 or o.instrument == instr) and (not cmd.account or o.account == cmd.account)
+                        and (side < 0 or o.side == side))
+
+            self._cancel_held(match, int(RejectCode.MASS_CANCEL), cmd.ts, out)
+            self._cancel_routed_matching(match, int(RejectCode.MASS_CANCEL), cmd.ts, out)
             return [*out, CommandDone("MassCancel", self.seq, len(out))]
         if op == bk.OP_END_OF_DAY:
             self._apply(book.end_of_day(), cmd.ts, None, out)
             self._cancel_held(lambda o: o.tif == DAY, int(RejectCode.END_OF_DAY), cmd.ts, out)
+            # a routed DAY order ends when its venues confirm its children are done
+            self._cancel_routed_matching(lambda o: o.tif == DAY, int(RejectCode.END_OF_DAY), cmd.ts, out)
             self._archive_done()
+            if self.router is not None:
+                self.router.end_of_day(self.orders)
             self.portfolio.end_of_day()
             if self.settlement is not None:  # what is due by the day's date (UTC) settles
                 self.settlement.settle(_utc_date(cmd.ts))
@@ -905,6 +982,14 @@ class Pipeline:
             return out  # a refusal kept for the audit trail: no state
         if op == _OP_TRADE_FIX:
             return self._fix_trade(cmd)
+        if op == _OP_ROUTE:
+            return self._route_new(cmd, self._open(cmd), cmd.ts, out)
+        if op == _OP_VENUE:
+            return self._venue_input(cmd, p.order, out)
+        if op == _OP_CANCEL_ROUTED:
+            self._note_request(cmd)
+            self._cancel_routed(p.order, int(RejectCode.CANCEL_REQUESTED), "cancel requested", cmd.ts, out)
+            return out
         if op == _OP_ALLOCATION:
             order = self.orders[cmd.order_id]
             allocator = self.blocks[cmd.order_id]
@@ -928,6 +1013,8 @@ class Pipeline:
             submit = cmd.order
             order = self._open(submit)
             if not cmd.hold_code:
+                if submit.route:
+                    return self._route_new(submit, order, submit.ts, out)
                 return self._apply(self.book.submit(*self._book_fields(order, submit)), submit.ts, order, out)
             order.apply(_T_HOLD, submit.ts)
             self.held[order.order_id] = submit
@@ -952,6 +1039,8 @@ class Pipeline:
         order.apply(_T_RELEASE, cmd.ts)
         if self._emit:
             out.append(OrderReleased(order.order_id, order.account, order.cl_ord_id, cmd.user, cmd.reason, cmd.ts))
+        if submit.route:
+            return self._route_new(submit, order, cmd.ts, out)
         return self._apply(self.book.submit(*self._book_fields(order, submit)), cmd.ts, order, out)
 
     def _fix_trade(self, cmd: BustTrade | CorrectTrade) -> list:
@@ -1014,6 +1103,10 @@ class Pipeline:
         out: list = []
         self._cancel_held(match, code, ts, out)
         for oid in [oid for oid, o in self.orders.items() if o.is_working and match(o)]:
+            if self.router is not None and self.router.is_routed(oid):
+                if self.orders[oid].status is not _S_PENDING_CANCEL:
+                    self._cancel_routed(self.orders[oid], code, reason_text(code), ts, out)
+                continue
             events = self.book.cancel(oid).copy()  # the book's output buffer is read-only
             cancel_rows = events[:, EV_TYPE] == CANCEL
             events[cancel_rows, EV_REASON] = code
@@ -1165,7 +1258,217 @@ class Pipeline:
         else:
             raise RuntimeError(f"unknown book event type {etype}")
 
-    def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list | None) -> None:
+    # -- STAGES 6-7: routed orders (engine/routing.py has the rule) ------------------------------
+
+    def _check_route(self, cmd: SubmitOrder) -> Refusal | None:
+        """Stage 1 for an order with a route: a venue that exists, lists it and is up, and an
+        order type venues take. O(venues)."""
+        router = self.router
+        if router is None or not router.venues:
+            return RejectCode.UNKNOWN_VENUE, f"route {cmd.route!r}: no venues are configured"
+        if cmd.route != "SOR" and cmd.route not in router.venue_index:
+            return RejectCode.UNKNOWN_VENUE, (f"route must be \"SOR\" or a venue, one of "
+                                              f"{', '.join(router.venues)}; got {cmd.route!r}")
+        if cmd.order_type not in (LIMIT, MARKET) or cmd.display_qty or cmd.post_only:
+            return RejectCode.ROUTE_NOT_SUPPORTED, ("only plain limit and market orders are routed "
+                                                    "(no stop, iceberg or post-only)")
+        inst = self.ref.instruments.get(cmd.symbol)
+        if cmd.route != "SOR" and inst is not None:
+            v = router.venue_index[cmd.route]
+            if not router.listed[v, inst.index]:
+                return RejectCode.UNKNOWN_VENUE, f"venue {cmd.route} does not list {cmd.symbol}"
+            if not router.up[v]:
+                return RejectCode.VENUE_DOWN, f"venue {cmd.route} is down"
+        return None
+
+    def _check_venue(self, cmd):
+        """Stage 1 for a venue input: it names a venue, and a child order or execution of
+        Kilat's at that venue; a repeated execution id is refused here, before the journal. O(1)."""
+        router, kind = self.router, type(cmd)
+        if router is None or cmd.venue not in router.venue_index:
+            return [CommandError(int(RejectCode.UNKNOWN_VENUE), f"unknown venue {cmd.venue!r}")]
+        if kind is VenueQuote:
+            inst = self.ref.instruments.get(cmd.symbol)
+            if inst is None:
+                return [CommandError(int(RejectCode.UNKNOWN_INSTRUMENT), f"unknown instrument {cmd.symbol!r}")]
+            return _Prepared(_OP_VENUE, cmd, inst.index)
+        if kind is VenueSessionChanged:
+            return _Prepared(_OP_VENUE, cmd, None)
+        if kind is VenueTradeBust or kind is VenueTradeCorrection:
+            exec_id = router.fills.get((cmd.venue, cmd.exec_id))
+            if exec_id is None or exec_id not in self.executions:
+                return [CommandError(int(RejectCode.UNKNOWN_EXECUTION),
+                                     f"{cmd.venue} execution {cmd.exec_id!r} is not one of today's")]
+            if kind is VenueTradeCorrection and not 0 < cmd.qty <= self.executions[exec_id][1]:
+                return [CommandError(int(RejectCode.INVALID_QUANTITY),
+                                     f"a corrected qty must be 1 to {self.executions[exec_id][1]} lots, got {cmd.qty}")]
+            return _Prepared(_OP_VENUE, cmd, exec_id)
+        child = router.children.get(cmd.child_id)
+        if child is None or child.venue != cmd.venue:
+            return [CommandError(int(RejectCode.UNKNOWN_CHILD_ORDER),
+                                 f"{cmd.venue} reports on child order {cmd.child_id}, which is not one of its")]
+        if child.done:
+            return [CommandError(int(RejectCode.ORDER_NOT_WORKING),
+                                 f"child order {child.child_id} at {child.venue} is already {child.status}")]
+        if kind is VenueFilled:
+            if (cmd.venue, cmd.exec_id) in router.fills:
+                return [CommandError(int(RejectCode.DUPLICATE_CL_ORD_ID),
+                                     f"{cmd.venue} execution {cmd.exec_id!r} was already applied")]
+            if not 0 < cmd.qty <= child.leaves_qty or cmd.price <= 0:
+                return [CommandError(int(RejectCode.INVALID_QUANTITY),
+                                     f"a fill of child {child.child_id} needs 1 to {child.leaves_qty} lots at a "
+                                     f"positive price, got {cmd.qty} at {cmd.price}")]
+        return _Prepared(_OP_VENUE, cmd, child)
+
+    def _route_new(self, submit: SubmitOrder, order: Order, ts: int, out: list) -> list:
+        """Stage 6 for a routed order: accepted by Kilat, crossed internally first (SOR), the
+        rest split over the venues as child orders; with no venue to take it, an SOR order
+        rests in Kilat's book. O(book events + venues)."""
+        order.apply(_T_ACCEPT, ts)
+        if self._emit:
+            out.append(OrderAccepted(order.order_id, order.account, order.cl_ord_id, order.symbol, order.side,
+                                     order.order_type, order.price, order.qty, order.tif, 0, 0, ts))
+        fields = list(self._book_fields(order, submit))
+        if submit.route == "SOR":
+            limit = submit.price if submit.order_type == LIMIT else 0
+            cross = self.router.cross_limit(order.instrument, int(order.side), limit, ts)
+            fields[_BF_TYPE], fields[_BF_TIF], fields[_BF_PRICE] = (LIMIT if cross else MARKET), IOC, cross
+            rows = self.book.submit(*fields)
+            mine = (rows[:, EV_OID] == order.order_id) & ((rows[:, EV_TYPE] == CANCEL) | (rows[:, EV_TYPE] == REJECT))
+            self._apply(rows[~mine], ts, None, out)  # the unfilled rest is routed, not canceled
+        left = order.leaves_qty
+        if not left or self._send_children(order, left, ts, out, frozenset(), submit.route):
+            return out
+        if submit.route == "SOR":  # no venue can take it: it works in Kilat's book
+            fields = list(self._book_fields(order, submit))
+            fields[_BF_QTY] = left
+            return self._apply(self.book.submit(*fields), ts, None, out)
+        self.router.ending[order.order_id] = (int(RejectCode.NO_VENUE), f"venue {submit.route} cannot take it")
+        self._finish_routed(order, ts, out)
+        return out
+
+    def _send_children(self, order: Order, qty: int, ts: int, out: list, exclude, route: str) -> bool:
+        """Plan ``qty`` lots over the venues and create the child orders (the service sends
+        them on ``ChildOrderRouted``); False when no venue can take them. O(venues)."""
+        limit = order.price if order.order_type == LIMIT else 0
+        plan = self.router.plan(order.instrument, int(order.side), qty, limit, ts, exclude,
+                                "" if route == "SOR" else route)
+        if not plan:
+            return False
+        self.router.by_parent.setdefault(order.order_id, [])
+        for venue, lots in plan:
+            child = self.router.add_child(order.order_id, venue, lots, limit)
+            if self._emit:
+                out.append(ChildOrderRouted(order.order_id, child.child_id, order.account, venue, order.symbol,
+                                            order.side, lots, limit, ts))
+        return True
+
+    def _venue_input(self, cmd, ctx, out: list) -> list:
+        """Stages 6-7 for what a venue reported (checked by ``_check_venue``)."""
+        router, kind, ts = self.router, type(cmd), cmd.ts
+        if kind is VenueQuote:
+            router.on_quote(cmd.venue, ctx, cmd.bid, cmd.bid_size, cmd.ask, cmd.ask_size, ts)
+            return out
+        if kind is VenueSessionChanged:
+            router.on_session(cmd.venue, cmd.up)
+            return [CommandDone("VenueSessionChanged", self.seq, 0)]
+        if kind is VenueTradeBust or kind is VenueTradeCorrection:
+            return self._venue_trade_fix(cmd, ctx)
+        child = ctx
+        order = self.orders[child.parent_id]
+        if kind is VenueAccepted:
+            child.status, child.venue_order_id = _C_NEW, cmd.venue_order_id
+            self._child_updated(child, order, "", ts, out)
+        elif kind is VenueFilled:
+            router.fills[(cmd.venue, cmd.exec_id)] = self.next_exec_id
+            child.cum_qty += cmd.qty
+            child.notional += cmd.qty * cmd.price
+            if child.cum_qty == child.qty:
+                child.status = _C_FILLED
+            self._fill(order, cmd.qty, cmd.price, False, ts, out if self._emit else None, cmd.venue)
+            if child.done:
+                self._child_updated(child, order, "", ts, out)
+        else:  # rejected, or canceled (asked for, or on the venue's own account)
+            rejected = kind is VenueRejected
+            child.status = _C_REJECTED if rejected else _C_CANCELED
+            reason = cmd.text if rejected else cmd.reason
+            self._child_updated(child, order, reason, ts, out)
+            if rejected or not child.cancel_requested:
+                router.refused.setdefault(order.order_id, set()).add(child.venue)
+                code = RejectCode.VENUE_REJECTED if rejected else RejectCode.VENUE_CANCELED
+                self._reroute(order, child.qty - child.cum_qty, int(code), f"{child.venue}: {reason}", ts, out)
+        self._finish_routed(order, ts, out)
+        return out
+
+    def _venue_trade_fix(self, cmd, exec_id: int) -> list:
+        """A venue busted or corrected one of its executions: the parent is fixed as for an
+        internal trade (one side only), and its child's counts follow."""
+        order_id, qty, price, _ = self.executions[exec_id]
+        new_qty, new_price = (0, price) if type(cmd) is VenueTradeBust else (cmd.qty, cmd.price)
+        for child in (self.router.children[c] for c in self.router.by_parent.get(order_id, ())):
+            if child.venue == cmd.venue and child.cum_qty >= qty:
+                child.cum_qty -= qty - new_qty
+                child.qty -= qty - new_qty
+                child.notional += new_qty * new_price - qty * price
+                break
+        if type(cmd) is VenueTradeBust:
+            return self._fix_trade(BustTrade(exec_id, cmd.reason, cmd.ts, cmd.user))
+        return self._fix_trade(CorrectTrade(exec_id, cmd.qty, cmd.price, cmd.reason, cmd.ts, cmd.user))
+
+    def _child_updated(self, child, order: Order, reason: str, ts: int, out: list) -> None:
+        if self._emit:
+            out.append(ChildOrderUpdated(order.order_id, child.child_id, order.account, child.venue, child.status,
+                                         child.cum_qty, child.leaves_qty, reason, ts))
+
+    def _reroute(self, order: Order, lots: int, code: int, reason: str, ts: int, out: list) -> None:
+        """A child ended unfilled: its lots go to the venues that have not refused this parent;
+        with none, the parent ends once its other children are done."""
+        if lots <= 0 or order.status is _S_PENDING_CANCEL or not order.is_working:
+            return
+        refused = self.router.refused.get(order.order_id, set())
+        if not self._send_children(order, lots, ts, out, refused, "SOR"):
+            self.router.ending.setdefault(order.order_id, (code, f"{reason}; no other venue can take it"))
+
+    def _finish_routed(self, order: Order, ts: int, out: list) -> None:
+        """A routed order whose children are all done and that is canceling (or cannot place
+        its rest) ends Canceled. O(children of the order)."""
+        if not order.is_working or self.router.working(order.order_id):
+            return
+        ending = self.router.ending.get(order.order_id)
+        if order.status is not _S_PENDING_CANCEL and ending is None:
+            return
+        code, reason = ending if ending is not None else (int(RejectCode.CANCEL_REQUESTED), "cancel requested")
+        leaves = order.leaves_qty
+        self._pf_close(order, leaves)
+        order.apply(_T_CANCEL, ts)
+        if self._emit:
+            out.append(OrderCanceled(order.order_id, order.account, order.cl_ord_id, leaves, code, reason, ts))
+
+    def _cancel_routed(self, order: Order, code: int, reason: str, ts: int, out: list) -> None:
+        """Ask the venues to cancel the order's working children; it ends when they confirm
+        (at once when none is working). O(children of the order)."""
+        if order.status is not _S_PENDING_CANCEL:
+            order.apply(_T_REQUEST_CANCEL, ts)
+        self.router.ending[order.order_id] = (code, reason)
+        for child in self.router.working(order.order_id):
+            if child.cancel_requested:
+                continue
+            child.cancel_requested = True
+            if self._emit:
+                out.append(ChildCancelRequested(order.order_id, child.child_id, order.account, child.venue, ts))
+        self._finish_routed(order, ts, out)
+
+    def _cancel_routed_matching(self, match, code: int, ts: int, out: list) -> None:
+        """Cancel every working routed order that ``match`` (mass cancel, end of day). O(orders)."""
+        if self.router is None:
+            return
+        for oid in [oid for oid in self.router.by_parent if oid in self.orders]:
+            order = self.orders[oid]
+            if order.is_working and order.status is not _S_PENDING_CANCEL and match(order):
+                self._cancel_routed(order, code, reason_text(code), ts, out)
+
+    def _fill(self, order: Order, qty: int, price: int, maker: bool, ts: int, out: list | None,
+              venue: str = "") -> None:
         order.fill(qty, price, ts)
         self._pf_fill(order, qty, price)
         exec_id = self.next_exec_id
@@ -1173,8 +1476,8 @@ class Pipeline:
         self.executions[exec_id] = [order.order_id, qty, price, 0]
         if self.ledger is not None:
             a = self._account_index[order.account]
-            _booked(self.ledger.fill(exec_id, a, order.instrument, self._custody[a], int(order.side),
-                                     qty, price))
+            where = self.ledger.location_index(venue) if venue else self._custody[a]
+            _booked(self.ledger.fill(exec_id, a, order.instrument, where, int(order.side), qty, price))
         if self.settlement is not None:
             self.settlement.on_fill(exec_id, order.account, order.instrument, order.side, qty, price, ts)
         if order.order_id in self.blocks:  # the block's own fill is booked first, then moved
@@ -1183,7 +1486,7 @@ class Pipeline:
             return
         out.append(OrderFilled(
             order.order_id, order.account, order.cl_ord_id, order.symbol, order.side, exec_id,
-            qty, price, order.cum_qty, order.leaves_qty, order.notional / order.cum_qty, maker, ts,
+            qty, price, order.cum_qty, order.leaves_qty, order.notional / order.cum_qty, maker, ts, venue,
         ))
 
     def _allocate(self, order: Order, exec_id: int, qty: int, price: int, ts: int, out: list | None) -> None:
@@ -1293,7 +1596,7 @@ class Pipeline:
     def validate(self) -> None:
         """Check the orders against the book and themselves; raises AssertionError naming the
         order. O(orders). (The book checks its own structure in ``book.validate()``.)"""
-        book, working = self.book, 0
+        book, working, routed = self.book, 0, 0
         for oid, order in self.orders.items():
             where = f"order {oid} ({order.account}/{order.cl_ord_id}, {order.status.value})"
             if not 0 <= order.cum_qty <= order.qty:
@@ -1305,6 +1608,12 @@ class Pipeline:
                 if oid not in self.held or in_book is not None:
                     raise AssertionError(f"{where}: held orders are kept apart from the book")
                 working += 1
+                continue
+            if order.is_working and self.router is not None and self.router.is_routed(oid):
+                routed += 1
+                working += 1
+                if in_book is not None:
+                    raise AssertionError(f"{where}: routed to venues but also in the book")
                 continue
             if order.is_working:
                 working += 1
@@ -1318,10 +1627,12 @@ class Pipeline:
             elif in_book is not None:
                 raise AssertionError(f"{where}: finished but still in the book")
         in_book_total = book.resting_orders() + book.pending_stops()
-        if in_book_total != working - len(self.held):
+        if in_book_total != working - len(self.held) - routed:
             raise AssertionError(f"the book holds {in_book_total} orders, the pipeline {working} working "
                                  f"of which {len(self.held)} held")
         self.portfolio.validate(self.orders)
+        if self.router is not None:
+            self.router.validate()
 
     def state_hash(self) -> str:
         """A digest of the whole state: book, orders, ids in use, counters. O(n log n)."""
@@ -1341,6 +1652,8 @@ class Pipeline:
             h.update(self.settlement.state_hash())
         if self.ledger is not None:
             h.update(self.ledger.state_hash())
+        if self.router is not None:
+            h.update(self.router.state_hash())
         for stage in self.stages:
             h.update(stage.state_hash())
         return h.hexdigest()
@@ -1367,6 +1680,7 @@ class Pipeline:
             ledger=self.ledger.dump() if self.ledger is not None else b"",
             blocks=[(oid, a.dump()) for oid, a in sorted(self.blocks.items())],
             block_bookings=sorted((oid, sorted(b.items())) for oid, b in self.block_bookings.items()),
+            router=self.router.dump() if self.router is not None else b"",
             stages=[stage.dump() for stage in self.stages],
         )
         return msgspec.msgpack.encode(state)
@@ -1398,6 +1712,8 @@ class Pipeline:
             self.ledger.load(state.ledger)
         self.blocks = {oid: BlockAllocator.load(data) for oid, data in state.blocks}
         self.block_bookings = {oid: dict(pairs) for oid, pairs in state.block_bookings}
+        if self.router is not None and state.router:
+            self.router.load(state.router)
         if len(state.stages) != len(self.stages):
             raise SnapshotMismatch(f"the snapshot at seq {state.seq} has {len(state.stages)} stage states, "
                                    f"this pipeline {len(self.stages)} stages")
@@ -1441,6 +1757,7 @@ class _Snapshot(msgspec.Struct):
     ledger: bytes = b""
     blocks: list[tuple[int, bytes]] = []
     block_bookings: list[tuple[int, list[tuple[str, str]]]] = []
+    router: bytes = b""
 
 
 # ``_book_fields`` and ``_execute_run`` lay a command row out in this column order.

@@ -10,8 +10,16 @@ Every request returns the list of replies the server sent for it (``OrderAccepte
 pushed and wait in ``events()``. Prices are int ticks and quantities int lots, as on the wire.
 
 ``user`` names the config user the client acts as (default: the ``KILAT_USER`` environment
-variable); it is stamped on every command that does not name one. Until the gateways bind users
-to CURVE keys, the server trusts it.
+variable); it is stamped on every command that does not name one.
+
+With CurveZMQ on the server, give the client its key pair and the server's public key (or let
+``KilatClient.from_keys_dir`` read them); the server then knows the user from the key, whatever
+the commands say::
+
+    with KilatClient.from_keys_dir("tcp://127.0.0.1:7001", "var/keys", "alice") as kc: ...
+
+A server that refuses the handshake (unknown key, wrong server key, CURVE on one side only)
+sends nothing back; the client's timeout then says why (``KilatHandshakeError``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections.abc import Iterator
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from engine.constants import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.messages import (
@@ -42,9 +51,12 @@ from engine.messages import (
     PriceTick,
     QueryAlerts,
     QueryBook,
+    QueryFills,
     QueryOrders,
     QueryPositions,
+    QueryPrices,
     QueryRisk,
+    QueryVenues,
     RejectHeldOrder,
     Reply,
     ResolveAlert,
@@ -57,6 +69,7 @@ from engine.messages import (
     TakeSnapshot,
     UpdateIssuerList,
 )
+from gateways.auth import ClientSecurity, KeyPair, watch_handshakes
 
 _REPLIES = msgspec.msgpack.Decoder(list[Reply])
 _ALERT_ACTIONS = {
@@ -69,15 +82,29 @@ class KilatTimeout(TimeoutError):
     """The server did not answer in time (it may be down or overloaded)."""
 
 
+class KilatHandshakeError(KilatTimeout):
+    """No answer because the server refused the connection's handshake (CURVE keys)."""
+
+
 class _ClientBase:
     """What the sync and the asyncio client share: the DEALER socket and the command structs."""
 
-    def __init__(self, endpoint: str, context: zmq.Context, user: str | None):
+    def __init__(self, endpoint: str, context: zmq.Context, user: str | None,
+                 keys: KeyPair | tuple[bytes, bytes] | None = None,
+                 server_public_key: bytes | None = None):
+        if (keys is None) != (server_public_key is None):
+            raise ValueError("CurveZMQ needs both the client's key pair (keys=) and the "
+                             "server's public key (server_public_key=), or neither")
         self.endpoint = endpoint
         self.user = os.environ.get("KILAT_USER", "") if user is None else user
+        self.security = None if keys is None else ClientSecurity(KeyPair(*keys), server_public_key)
         self._ctx = context
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if self.security is not None:
+            self.security(self._sock)
+        self._monitor = watch_handshakes(self._sock)  # why a request went unanswered
+        self._handshake_error = (0, "")
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._pushed: deque = deque()
@@ -88,7 +115,21 @@ class _ClientBase:
             message = msgspec.structs.replace(message, user=self.user)
         return self._encoder.encode(message)
 
+    def _timeout(self, waited: str) -> KilatTimeout:
+        """The error for a request nobody answered: says so if the handshake was refused."""
+        monitor = self._monitor
+        while monitor.poll(0):  # keep the most telling failure (reconnects say less)
+            rank, text = _describe_handshake_failure(recv_monitor_message(monitor), self)
+            if rank >= self._handshake_error[0]:
+                self._handshake_error = (rank, text)
+        if self._handshake_error[1]:
+            return KilatHandshakeError(f"no reply from {self.endpoint} within {waited}: "
+                                       f"{self._handshake_error[1]}")
+        return KilatTimeout(f"no reply from {self.endpoint} within {waited}")
+
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(0)
         self._sock.close(0)
 
     @staticmethod
@@ -103,7 +144,7 @@ class _ClientBase:
     @staticmethod
     def submit_order(account, symbol, side, qty, price=0, *, cl_ord_id=None,
                      order_type=OrderType.LIMIT, tif=TimeInForce.DAY, stop_price=0,
-                     display_qty=0, post_only=False, expire_ts=0, stp=None) -> SubmitOrder:
+                     display_qty=0, post_only=False, expire_ts=0, stp=None, route="") -> SubmitOrder:
         if order_type == OrderType.LIMIT and price == 0:
             raise ValueError("a LIMIT order needs a price in ticks")
         return SubmitOrder(
@@ -111,7 +152,7 @@ class _ClientBase:
             side=Side(side), qty=qty, order_type=OrderType(order_type), price=price,
             tif=TimeInForce(tif), stop_price=stop_price, display_qty=display_qty,
             post_only=post_only, expire_ts=expire_ts,
-            stp=None if stp is None else SelfTradePrevention(stp),
+            stp=None if stp is None else SelfTradePrevention(stp), route=route,
         )
 
 
@@ -122,13 +163,41 @@ def _new_cl_ord_id() -> str:
     return f"{os.getpid():x}-{next(_counter)}-{os.urandom(3).hex()}"
 
 
+def _describe_handshake_failure(event: dict, client: _ClientBase) -> tuple[int, str]:
+    """(how telling, text) for a failed-handshake monitor event. Which event a client sees
+    for a mechanism mismatch is a race (the server may hang up first), so the text goes by
+    whether this client uses CURVE rather than by the exact event."""
+    kind, value = event["event"], event["value"]
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return 3, (f"the server refused this client's CURVE key (ZAP status {value}): is "
+                   f"{client.user or 'this user'!r} a config user whose public key is in the "
+                   f"server's keys_dir?")
+    if client.security is None:
+        return 2, ("the handshake failed: the server uses CurveZMQ and this client does not; "
+                   "give the client its key pair and the server's public key")
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return 2, "the handshake failed: this client uses CurveZMQ and the server does not"
+    return 1, (f"the CURVE handshake failed ({zmq.Event(kind).name}, {value}): is the "
+               f"server's public key right?")
+
+
 class KilatClient(_ClientBase):
     """Blocking client. One socket; not thread-safe (use one client per thread)."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, user: str | None = None,
-                 timeout: float = 5.0, context: zmq.Context | None = None):
-        super().__init__(endpoint, context or zmq.Context.instance(), user)
+                 timeout: float = 5.0, context: zmq.Context | None = None,
+                 keys: KeyPair | tuple[bytes, bytes] | None = None,
+                 server_public_key: bytes | None = None):
+        super().__init__(endpoint, context or zmq.Context.instance(), user, keys, server_public_key)
         self.timeout_ms = int(timeout * 1000)
+
+    @classmethod
+    def from_keys_dir(cls, endpoint: str, keys_dir: str | os.PathLike, user: str,
+                      **kwargs) -> KilatClient:
+        """A CURVE client acting as ``user``, with <user>.key_secret and server.key of keys_dir."""
+        security = ClientSecurity.from_keys_dir(keys_dir, user)
+        return cls(endpoint, user=user, keys=security.keys,
+                   server_public_key=security.server_public, **kwargs)
 
     # -- ORDER ENTRY --
 
@@ -212,6 +281,21 @@ class KilatClient(_ClientBase):
         (view,) = self.request(QueryPositions(account))
         return view
 
+    def venues(self):
+        """Each venue's session, working child orders and fills today (a ``TableView``)."""
+        (view,) = self.request(QueryVenues())
+        return view
+
+    def prices(self, symbol: str = ""):
+        """Marks and each venue's best bid and offer (a ``TableView``)."""
+        (view,) = self.request(QueryPrices(symbol))
+        return view
+
+    def fills(self, account: str = "", limit: int = 50):
+        """Today's executions, newest first (a ``TableView``)."""
+        (view,) = self.request(QueryFills(account, limit))
+        return view
+
     # -- QUERIES --
 
     def orders(self, account: str = "", symbol: str = "", open_only: bool = False):
@@ -243,7 +327,7 @@ class KilatClient(_ClientBase):
         """The next reply frame: (request id, replies); the id is b"" for a push."""
         timeout_ms = self.timeout_ms if timeout is None else int(timeout * 1000)
         if not self._sock.poll(timeout_ms):
-            raise KilatTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+            raise self._timeout(f"{timeout_ms} ms")
         return self._read_one()
 
     def send_raw(self, frames: list[bytes], timeout: float | None = None) -> list:
@@ -275,7 +359,7 @@ class KilatClient(_ClientBase):
         timeout_ms = self.timeout_ms if timeout is None else int(timeout * 1000)
         while True:
             if not self._sock.poll(timeout_ms):
-                raise KilatTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+                raise self._timeout(f"{timeout_ms} ms")
             got, replies = self._read_one()
             if got == rid:
                 return replies
@@ -286,9 +370,17 @@ class AsyncKilatClient(_ClientBase):
     """The asyncio twin of ``KilatClient``; the same methods, awaited."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:7001", *, user: str | None = None,
-                 timeout: float = 5.0):
-        super().__init__(endpoint, zmq.asyncio.Context.instance(), user)
+                 timeout: float = 5.0, keys: KeyPair | tuple[bytes, bytes] | None = None,
+                 server_public_key: bytes | None = None):
+        super().__init__(endpoint, zmq.asyncio.Context.instance(), user, keys, server_public_key)
         self.timeout = timeout
+
+    @classmethod
+    def from_keys_dir(cls, endpoint: str, keys_dir: str | os.PathLike, user: str,
+                      **kwargs) -> AsyncKilatClient:
+        security = ClientSecurity.from_keys_dir(keys_dir, user)
+        return cls(endpoint, user=user, keys=security.keys,
+                   server_public_key=security.server_public, **kwargs)
 
     async def submit(self, account, symbol, side, qty, price=0, **kwargs) -> list:
         return await self.request(self.submit_order(account, symbol, side, qty, price, **kwargs))
@@ -318,7 +410,7 @@ class AsyncKilatClient(_ClientBase):
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._sock.poll(int(remaining * 1000)):
-                raise KilatTimeout(f"no reply from {self.endpoint} within {self.timeout} s")
+                raise self._timeout(f"{self.timeout} s")
             got, payload = await self._sock.recv_multipart()
             replies = _REPLIES.decode(payload)
             if got == rid:

@@ -74,7 +74,7 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
     try:
-        serve(config, args.data_dir, args.endpoint)
+        serve(config, args.data_dir, args.endpoint, args.venue_endpoint, args.drop_copy_endpoint)
     except (JournalError, SnapshotCorruptError, SnapshotMismatch, ReplayDiverged) as exc:
         print(f"kilat: cannot recover the engine state: {exc}", file=sys.stderr)
         return 1
@@ -90,31 +90,61 @@ def cmd_run(args) -> int:
         child_args += ["--config", args.config]
     if args.data_dir:
         child_args += ["--data-dir", args.data_dir]
+    if args.keys_dir:
+        child_args += ["--keys-dir", args.keys_dir]
     child = subprocess.Popen(child_args, stdout=subprocess.PIPE, text=True)
+    children = [child]
     signal.signal(signal.SIGTERM, _interrupt)  # stop the server on SIGTERM as on Ctrl-C
     try:
         line = child.stdout.readline()
         if not line.startswith("kilat: ready"):
             raise CliError(f"kilat serve did not start (exit {child.wait()}): {line.strip()}")
         print(line.strip(), flush=True)
+        children += _start_venues(args, config)  # after Kilat: its first run writes the keys
         from kilat.demo import run_demo
 
         run_demo(endpoint, config)
         print(f"\nKilat keeps serving on {endpoint}. In another terminal try: "
-              "`.venv/bin/kilat orders --open --user bob`, `.venv/bin/kilat book AAPL` or "
-              "`.venv/bin/kilat alerts --user carol`. Ctrl-C stops it.", flush=True)
+              "`.venv/bin/kilat top --user alice`, `.venv/bin/kilat orders --open --user bob`, "
+              "`.venv/bin/kilat book AAPL --user bob` or `.venv/bin/kilat alerts --user carol`. "
+              "Ctrl-C stops it.", flush=True)
         for line in child.stdout:
             print(line, end="", flush=True)
         return child.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if child.poll() is None:
-            child.terminate()  # the server handles SIGTERM as Ctrl-C
+        for proc in reversed(children):
+            if proc.poll() is None:
+                proc.terminate()  # each handles SIGTERM as Ctrl-C
+        for proc in reversed(children):
             try:
-                child.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                child.kill()
+                proc.kill()
+
+
+def _start_venues(args, config: KilatConfig) -> list:
+    """One ``kilat venue`` per configured venue (simulated exchanges), logging to
+    <data dir>/../venues/<MIC>.log; returns their processes once each printed its ready line."""
+    venues_dir = Path(args.data_dir or config.server.data_dir).parent / "venues"
+    venues_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for venue in config.venues:
+        cmd = [sys.executable, "-m", "kilat", "venue", "--mic", venue.mic, "--data-dir", str(venues_dir)]
+        cmd += ["--config", args.config] if args.config else []
+        cmd += ["--keys-dir", args.keys_dir] if args.keys_dir else []
+        log = open(venues_dir / f"{venue.mic}.log", "a")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        log.close()
+        procs.append(proc)
+    for venue, proc in zip(config.venues, procs, strict=True):
+        line = proc.stdout.readline()
+        if not line.startswith("kilat venue: ready"):
+            raise CliError(f"kilat venue --mic {venue.mic} did not start (exit {proc.wait()}); "
+                           f"see {venues_dir / (venue.mic + '.log')}")
+        print(line.strip(), flush=True)
+    return procs
 
 
 def _interrupt(signum, frame) -> None:
@@ -136,7 +166,7 @@ def cmd_submit(args) -> int:
             cl_ord_id=args.cl_ord_id, order_type=otype, tif=tif, stop_price=stop,
             display_qty=args.display, post_only=args.post_only,
             expire_ts=_expire_ns(args.expire) if args.expire else 0,
-            stp=SelfTradePrevention[args.stp.upper()] if args.stp else None,
+            stp=SelfTradePrevention[args.stp.upper()] if args.stp else None, route=args.route or "",
         )
     return _print_replies(replies, config, args.json)
 
@@ -273,13 +303,33 @@ def cmd_journal_verify(args) -> int:
 
 
 def _config(args) -> KilatConfig:
-    return load_config(args.config)
+    config = load_config(args.config)
+    keys_dir = getattr(args, "keys_dir", None)
+    if keys_dir:
+        config = msgspec.structs.replace(
+            config, security=msgspec.structs.replace(config.security, keys_dir=keys_dir))
+    return config
 
 
 def _client(args, config: KilatConfig):
+    return client_for(config, args.endpoint, args.user, args.timeout)
+
+
+def client_for(config: KilatConfig, endpoint: str | None = None, user: str | None = None,
+               timeout: float = 5.0):
+    """A ``KilatClient`` acting as ``user`` (default: $KILAT_USER): over CurveZMQ with the user's
+    keys from ``security.keys_dir`` when the config asks for it."""
+    import os
+
     from gateways.client import KilatClient
 
-    return KilatClient(args.endpoint or config.server.endpoint, user=args.user, timeout=args.timeout)
+    endpoint = endpoint or config.server.endpoint
+    user = os.environ.get("KILAT_USER", "") if user is None else user
+    if not config.security.curve:
+        return KilatClient(endpoint, user=user, timeout=timeout)
+    if not user:
+        raise CliError("CurveZMQ is on: name the user whose keys to use (--user or $KILAT_USER)")
+    return KilatClient.from_keys_dir(endpoint, config.security.keys_dir, user, timeout=timeout)
 
 
 def _instrument(config: KilatConfig, symbol: str):
@@ -355,6 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--user", help="the config user to act as (default: $KILAT_USER)")
+    common.add_argument("--keys-dir", help="CurveZMQ keys (default: the config's security.keys_dir)")
     p = argparse.ArgumentParser(prog="kilat", description="Kilat order management system")
     sub = p.add_subparsers(title="commands")
 
@@ -365,6 +416,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("serve", cmd_serve, "run the engine and its order-entry socket")
     sp.add_argument("--data-dir", help="journal and snapshots (default: from the config)")
+    sp.add_argument("--venue-endpoint", help="where venue adapters connect (default: from the config)")
+    sp.add_argument("--drop-copy-endpoint", help="the drop copy's PUB (default: from the config)")
     sp = add("run", cmd_run, "serve, show a scripted flow, keep serving until Ctrl-C")
     sp.add_argument("--data-dir")
 
@@ -382,6 +435,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--expire", help="GTD expiry: ns since epoch or ISO time (UTC if no zone)")
     sp.add_argument("--stp", choices=[s.name.lower() for s in SelfTradePrevention])
     sp.add_argument("--cl-ord-id", help="client order id (default: generated)")
+    sp.add_argument("--route", help="SOR (cross internally, then split over the venues) or a venue MIC "
+                                    "(default: Kilat's own book); see docs/routing.md")
 
     sp = add("cancel", cmd_cancel, "cancel an order by id or by ClOrdID")
     sp.add_argument("account")
@@ -409,6 +464,18 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(add)
 
+    from kilat.cli_keys import add_commands as add_key_commands
+
+    add_key_commands(sub, add)
+    from kilat.cli_feed import add_commands as add_feed_commands
+
+    add_feed_commands(sub, add)
+    from kilat.cli_venue import add_commands as add_venue_commands
+
+    add_venue_commands(sub, add)
+    from kilat.cli_top import add_commands as add_top_commands
+
+    add_top_commands(sub, add)
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(title="benchmarks")
     sp = add("book", cmd_bench_book, "replay a recorded .npz command stream through both books", bench)
     sp.add_argument("--workload", required=True, help=".npz with op, side, price, qty, oid")

@@ -13,7 +13,6 @@ import os
 
 from engine.constants import Side, TimeInForce
 from engine.model import price_to_ticks
-from gateways.client import KilatClient
 from kilat.config import KilatConfig
 
 
@@ -28,8 +27,10 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
 
     tag = os.urandom(3).hex()  # ClOrdIDs are unique within a day; each demo run brings its own
     steps: dict[str, list] = {}
-    with (KilatClient(endpoint, user="admin") as admin, KilatClient(endpoint, user="bob") as maker,
-          KilatClient(endpoint, user="alice") as pm, KilatClient(endpoint, user="carol") as officer):
+    from kilat.cli import client_for
+
+    with (client_for(config, endpoint, "admin") as admin, client_for(config, endpoint, "bob") as maker,
+          client_for(config, endpoint, "alice") as pm, client_for(config, endpoint, "carol") as officer):
 
         def step(title: str, replies: list) -> list:
             out(f"\n== {title}")
@@ -76,6 +77,8 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
                 held[0].order_id, "mandate allows 8%"))
             step("alice's session receives the release, pushed", list(pm.events(timeout=1.0)))
         step("FUND1 cancels its AAPL bids", pm.mass_cancel("FUND1", "AAPL"))
+        if config.venues:
+            _route_across_venues(pm, px, tag, step, out)
         mine = [o for o in pm.orders(account="FUND1") if o.cl_ord_id.startswith(f"pm-{tag}")]
         out("\n== FUND1's orders from this run")
         for o in mine:
@@ -83,3 +86,35 @@ def run_demo(endpoint: str, config: KilatConfig, out=print) -> dict[str, list]:
                 f"{o.status} cum {o.cum_qty}")
         steps["orders"] = mine
     return steps
+
+
+def _route_across_venues(pm, px, tag: str, step, out) -> None:
+    """The smart order router: once the venues are up and quoting, a PM order crosses Kilat's own
+    book first and goes out to both simulated venues as child orders; their fills come back."""
+    import time
+
+    from kilat.cli_top import _table
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the venues log on and publish within a few seconds
+        venues = pm.venues()
+        quoted = {row[1] for row in pm.prices("AAPL").rows if row[1] != "marks"}
+        if all(row[1] == "up" for row in venues.rows) and len(quoted) == len(venues.rows):
+            break
+        time.sleep(0.25)
+    out("\n== the venues, and AAPL's marks and quotes from their feeds")
+    for line in _table(pm.venues(), 10) + _table(pm.prices("AAPL"), 10):
+        out("  " + line)
+    routed = step("FUND1 buys 1,500 AAPL up to 190.30 with route SOR: split over both venues", pm.submit(
+        "FUND1", "AAPL", Side.BUY, 1_500, px("190.30"), cl_ord_id=f"pm-{tag}-sor", route="SOR"))
+    order_id = routed[0].order_id if routed and hasattr(routed[0], "order_id") else 0
+    fills: list = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fills += [e for e in pm.events(timeout=0.25) if getattr(e, "order_id", None) == order_id]
+        if any(getattr(e, "leaves_qty", 1) == 0 for e in fills):
+            break
+    step("the venues' fills and child updates, pushed to alice's session", fills)
+    out("\n== today's fills (kilat top shows this live)")
+    for line in _table(pm.fills("FUND1", 10), 10):
+        out("  " + line)

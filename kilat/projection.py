@@ -38,7 +38,7 @@ from kilat.config import KilatConfig, check_config
 #: Records replayed per ``replay_events`` call (a chunk also ends at each UTC day boundary).
 CHUNK = 512
 
-#: Where an execution happened. Until venues exist every fill is Kilat's own cross.
+#: Where an execution happened when it was Kilat's own cross (a venue's fill names its MIC).
 VENUE_INTERNAL = "INTERNAL"
 
 
@@ -303,8 +303,9 @@ class _Collector:
     def _fill(self, seq: int, e: m.OrderFilled) -> None:
         i = self.ref.instruments[e.symbol].index
         f = FillRecord(e.exec_id, e.order_id, e.account, e.symbol, int(e.side), e.last_qty,
-                       e.last_px, e.maker, e.ts, seq, orig_qty=e.last_qty, orig_price=e.last_px)
-        self.last[i] = e.last_px  # an internal cross is a trade: it moves the last price
+                       e.last_px, e.maker, e.ts, seq, venue=e.venue or VENUE_INTERNAL,
+                       orig_qty=e.last_qty, orig_price=e.last_px)
+        self.last[i] = e.last_px  # a trade, internal or at a venue, moves the last price
         self.fills.append(f)
         self.fill_by_exec[e.exec_id] = f
         o = self.orders[e.order_id]
@@ -313,7 +314,8 @@ class _Collector:
         o.updated_ts = e.ts
         if self.ledger is not None:
             refused = self.ledger.fill(e.exec_id, self.ref.account_index[e.account], i,
-                                       self._location, int(e.side), e.last_qty, e.last_px)
+                                       self.ledger.location_index(e.venue) if e.venue else self._location,
+                                       int(e.side), e.last_qty, e.last_px)
             if refused is not None:
                 raise RuntimeError(f"the projection's ledger refused exec {e.exec_id}: {refused[1]}")
 

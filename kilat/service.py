@@ -21,7 +21,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import numpy as np
+import zmq
 
 from compliance.rules import ComplianceRules
 from compliance.stage import ComplianceStage
@@ -35,7 +37,10 @@ from engine.messages import (
     AdvanceTime,
     BookLevel,
     BookView,
+    ChildCancelRequested,
+    ChildOrderRouted,
     CommandError,
+    DropCopyEvents,
     EndOfDay,
     OrderAccepted,
     OrderDenied,
@@ -46,20 +51,38 @@ from engine.messages import (
     Pong,
     QueryAlerts,
     QueryBook,
+    QueryDropCopy,
+    QueryFills,
     QueryOrders,
     QueryPositions,
+    QueryPrices,
     QueryRisk,
+    QueryVenues,
     TableView,
     TakeSnapshot,
 )
-from engine.model import ticks_to_price
+from engine.model import SYSTEM_USER, ticks_to_price
 from engine.pipeline import Pipeline
 from engine.portfolio import Portfolio
 from engine.recovery import RecoveryReport, recover
+from engine.refbook import ReferenceBook
+from engine.routing import Router
 from engine.settlement import Calendars, SettlementLedger
 from engine.snapshot import prune_snapshots, write_snapshot
+from gateways.auth import (
+    ClientSecurity,
+    CurveAuth,
+    KeyFileError,
+    ServerSecurity,
+    ensure_dev_keys,
+    list_keys,
+    load_public_keys,
+    server_keys,
+)
+from gateways.dropcopy import DropCopy, DropCopyAheadError, DropCopyLog, DropCopyPublisher
 from gateways.server import OrderEntryServer, Outgoing, Request
 from kilat.config import KilatConfig, check_config
+from kilat.venue_link import VenueLink
 from risk.engine import RiskEngine
 from risk.stage import RiskStage
 
@@ -134,8 +157,10 @@ def build_pipeline(config: KilatConfig, ref, book, journal=None) -> Pipeline:
     c.surveillance.check(ref)
     compliance = ComplianceStage(rules, Surveillance(c.surveillance, ref), ref)
     settlement = SettlementLedger(ref, portfolio, Calendars())
+    router = (Router(ref, [(v.mic, v.instruments) for v in config.venues],
+                     config.feeds.stale_after_ms * 1_000_000) if config.venues else None)
     return Pipeline(ref, book, journal, stages=(risk, compliance), portfolio=portfolio,
-                    settlement=settlement, ledger=PositionLedger(ref, portfolio))
+                    settlement=settlement, ledger=PositionLedger(ref, portfolio), router=router)
 
 
 def warm_up_book() -> None:
@@ -163,19 +188,70 @@ class Service:
     """The engine behind the order-entry server, plus its timer."""
 
     def __init__(self, config: KilatConfig, data_dir: Path | str | None = None,
-                 endpoint: str | None = None):
+                 endpoint: str | None = None, venue_endpoint: str | None = None,
+                 drop_copy_endpoint: str | None = None):
         self.config = config
         self.engine = Engine(config, data_dir or config.server.data_dir)
         server_cfg = config.server
+        self.keys = Keys(config) if config.security.curve else None
         self.server = OrderEntryServer(
             endpoint or server_cfg.endpoint, self.handle, max_batch=server_cfg.max_batch,
             max_message_bytes=server_cfg.max_message_bytes, after_send=self.after_send,
+            security=self.keys.order_entry() if self.keys else None,
         )
+        keys = self.keys
+        self._ctx = zmq.Context()  # the venue, feed and drop-copy sockets, and their ZAP handler
+        self.drop_copy = self._start_drop_copy(drop_copy_endpoint or server_cfg.drop_copy_endpoint)
+        self.link: VenueLink | None = None
+        if config.venues or config.feeds.endpoints:
+            self.link = VenueLink(
+                config, self.engine.ref, self.engine.pipeline.router, venue_endpoint=venue_endpoint,
+                context=self._ctx,
+                venue_configure=keys.venues(self._ctx) if keys else None,
+                user_of=_user_id if keys else None,
+                feed_configure=keys.feed_client() if keys else None,
+                feed_server_key=keys.feed_server_key if keys else None,
+            )
+        self._to_venues: list = []  # this batch's routing decisions, sent once it is durable
         self.owners: dict[int, bytes] = {}  # order id -> identity of the session that sent it
         self.officers: set[bytes] = set()  # sessions of compliance officers: alerts are pushed there
         self._officer_names = {u.name for u in config.users if "compliance" in u.roles}
         self._snapshot_every = server_cfg.snapshot_every
         self.internal_errors = 0
+
+    def _start_drop_copy(self, endpoint: str) -> DropCopy:
+        """The drop copy: its log (rebuilt from the journal for records it missed in a crash),
+        its PUB, and the pipeline's hook that stages every journaled record's events."""
+        engine, config = self.engine, self.config
+        publisher = DropCopyPublisher(endpoint, context=self._ctx,
+                                      configure=self.keys.drop_copy(self._ctx) if self.keys else None)
+        path = engine.data_dir / "dropcopy.log"
+        drop_copy = DropCopy(DropCopyLog(path), publisher)
+        book = config.book
+
+        def fresh_pipeline() -> Pipeline:
+            ref = engine.ref
+            return build_pipeline(config, ref, ReferenceBook(len(ref.by_index), book.max_orders,
+                                                             book.max_levels_per_side, book.max_fills_per_order))
+
+        try:
+            drop_copy.catch_up(engine.journal_path, fresh_pipeline, engine.snapshot_dir,
+                               journal_last_seq=engine.journal.last_seq)
+        except DropCopyAheadError as exc:  # the journal lost its tail (cut as torn): it is the truth
+            drop_copy.log.close()
+            kept = path.with_name(f"dropcopy.ahead-{time.time_ns()}.log")
+            path.rename(kept)
+            log.warning("%s; kept it as %s and rebuilt the drop copy from the journal", exc, kept)
+            drop_copy = DropCopy(DropCopyLog(path), publisher)
+            drop_copy.catch_up(engine.journal_path, fresh_pipeline, engine.snapshot_dir,
+                               journal_last_seq=engine.journal.last_seq)
+        drop_copy.track_orders(engine.pipeline.orders)
+        engine.pipeline.on_record = drop_copy.stage
+        return drop_copy
+
+    def _durable(self) -> None:
+        """After a commit: the drop copy publishes what is now durable."""
+        self.drop_copy.flush(self.engine.journal.durable_seq)
 
     # -- THE LOOP BATCH --
 
@@ -193,6 +269,11 @@ class Service:
         answers: list[tuple[Request, list]] = []
         pending: list[Request] = []
         for request in requests:
+            if request.identity:  # from a client: it acts as the user its key belongs to
+                request = _as_user(request, self.keys is not None)
+                if type(request) is not Request:
+                    answers.append(request)
+                    continue
             if type(request.message) in _QUERIES:
                 self._run(pending, answers, pushes)
                 pending = []
@@ -201,10 +282,16 @@ class Service:
                 pending.append(request)
         snapshot_asked = self._run(pending, answers, pushes)
         engine.commit()  # group commit: nothing below leaves before this returns
+        self._durable()
+        if self._to_venues:
+            if self.link is not None:
+                self.link.send(self._to_venues)
+            self._to_venues = []
         if snapshot_asked or engine.pipeline.seq - engine.snapshot_seq >= self._snapshot_every:
             engine.write_snapshot()
-        out = [Outgoing(r.identity, r.request_id, replies) for r, replies in answers]
-        out.extend(Outgoing(identity, b"", events) for identity, events in pushes.items())
+            self._durable()
+        out = [Outgoing(r.identity, r.request_id, replies) for r, replies in answers if r.identity]
+        out.extend(Outgoing(identity, b"", events) for identity, events in pushes.items() if identity)
         return out
 
     def _run(self, pending: list[Request], answers: list, pushes: dict[bytes, list]) -> bool:
@@ -220,6 +307,8 @@ class Service:
             answers.extend((r, [error]) for r in pending)
             return False
         for request, events in zip(pending, results, strict=True):
+            if self.link is not None:
+                self._to_venues.extend(e for e in events if type(e) in _TO_VENUES)
             account = getattr(request.message, "account", "")
             if getattr(request.message, "user", "") in self._officer_names:
                 self.officers.add(request.identity)
@@ -243,7 +332,7 @@ class Service:
             event_account = getattr(event, "account", None)
             if event_account is None or not account or event_account == account:
                 mine.append(event)
-            oid = getattr(event, "order_id", 0)
+            oid = getattr(event, "order_id", 0) or getattr(event, "parent_id", 0)  # a child's: its parent's
             if type(event) is OrderDenied:  # an officer rejected a held order: tell its owner
                 oid = self.engine.pipeline.cl_ord_ids.get((event.account, event.cl_ord_id), 0)
             owner = owners.get(oid)
@@ -291,6 +380,14 @@ class Service:
             return Pong(query.token, pipeline.seq)
         if type(query) is QueryPositions:
             return positions_view(pipeline, query.account)
+        if type(query) is QueryVenues:
+            return venues_view(pipeline, self.link)
+        if type(query) is QueryPrices:
+            return prices_view(pipeline, query.symbol)
+        if type(query) is QueryFills:
+            return fills_view(pipeline, query.account, query.limit)
+        if type(query) is QueryDropCopy:
+            return self._drop_copy_answer(query)
         for stage in pipeline.stages:
             answer = stage.query(query, pipeline)
             if answer is not None:
@@ -313,6 +410,57 @@ class Service:
             book.last_price(inst.index),
         )
 
+    def _drop_copy_answer(self, query: QueryDropCopy):
+        """Admins and compliance officers read every account's events; a PM or trader only
+        those of their accounts (the seq numbers stay global, so a gap means filtered out)."""
+        answer = self.drop_copy.query(query)
+        users = self.engine.ref.users
+        if type(answer) is not DropCopyEvents or not users:
+            return answer
+        user = users.get(query.user)
+        if user is None:
+            return CommandError(int(RejectCode.NOT_AUTHORIZED), f"unknown user {query.user!r}")
+        if {"admin", "compliance"} & set(user.roles):
+            return answer
+        mine = set(user.accounts)
+        return msgspec.structs.replace(answer, events=[e for e in answer.events if e.account in mine])
+
+    # -- VENUES AND FEEDS --
+
+    async def _markets(self) -> None:
+        """Each turn: the feeds' conflated prices, the venues' reports and session events, as
+        one batch through ``handle`` (journaled, then applied); routing decisions leave for the
+        venues once the batch is durable. Wakes on any of the sockets, and at least every 50 ms
+        for heartbeats and silence detection."""
+        link, loop = self.link, asyncio.get_running_loop()
+        wake = asyncio.Event()
+        fds = [sock.getsockopt(zmq.FD) for sock in link.sockets]
+        for fd in fds:
+            loop.add_reader(fd, wake.set)
+        try:
+            while True:
+                wake.clear()
+                if not link.readable():
+                    try:
+                        await asyncio.wait_for(wake.wait(), 0.05)
+                    except TimeoutError:
+                        pass
+                async with self.server.lock:
+                    now = time.time_ns()
+                    inputs = link.inputs(now)
+                    outgoing = self.handle([Request(b"", b"", cmd) for cmd in inputs]) if inputs else []
+                if outgoing:
+                    self.server.send(outgoing)
+                if inputs:
+                    async with self.server.lock:
+                        later = self.after_send()
+                    if later:
+                        self.server.send(later)
+                await asyncio.sleep(0)
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+
     # -- RUNNING --
 
     async def _timer(self) -> None:
@@ -325,6 +473,8 @@ class Service:
                 self.engine.pipeline.observe_pending()
                 self._push_notices(pushes)
                 self.engine.commit()
+                self._durable()
+                self.drop_copy.heartbeat()
             if pushes:
                 self.server.send([Outgoing(i, b"", e) for i, e in pushes.items()])
 
@@ -335,6 +485,7 @@ class Service:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.server.stop)
         timer = asyncio.ensure_future(self._timer())
+        markets = asyncio.ensure_future(self._markets()) if self.link is not None else None
         rec = self.engine.recovery
         if ready_message:
             print(
@@ -346,12 +497,103 @@ class Service:
             await self.server.serve()
         finally:
             timer.cancel()
+            if markets is not None:
+                markets.cancel()
+                try:
+                    await markets
+                except asyncio.CancelledError:
+                    pass
             self.engine.close()
+            self._durable()
+            self.drop_copy.close()
             self.server.close()
+            if self.link is not None:
+                self.link.close()
+            if self.keys:
+                CurveAuth.on(self._ctx).stop()
+            self._ctx.term()
             log.info("stopped at seq %d", self.engine.pipeline.seq)
 
 
-_QUERIES = (QueryOrders, QueryBook, Ping, QueryAlerts, QueryRisk, QueryPositions)
+_QUERIES = (QueryOrders, QueryBook, Ping, QueryAlerts, QueryRisk, QueryPositions, QueryVenues, QueryPrices,
+            QueryFills, QueryDropCopy)
+_TO_VENUES = (ChildOrderRouted, ChildCancelRequested)
+
+
+def _user_id(frame) -> str | None:
+    """The CURVE-authenticated user of the connection a frame came from (ZAP's User-Id)."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+
+
+def _as_user(request: Request, authenticated: bool) -> Request | tuple[Request, list]:
+    """A client's command acts as its connection's user: with CURVE, the user its key maps to
+    (stamped when the command names none, refused when it names another); without it, the user
+    it names. Nobody may claim Kilat's own user."""
+    message = request.message
+    claimed = getattr(message, "user", None)
+    if claimed is None:
+        return request
+    if claimed == SYSTEM_USER:
+        return request, [CommandError(int(RejectCode.NOT_AUTHORIZED),
+                                      f"user {SYSTEM_USER!r} is Kilat's own; a client may not act as it")]
+    if not authenticated:
+        return request
+    if not request.user:
+        return request, [CommandError(int(RejectCode.NOT_AUTHORIZED), "the connection is not authenticated")]
+    if not claimed:
+        return request._replace(message=msgspec.structs.replace(message, user=request.user))
+    if claimed != request.user:
+        return request, [CommandError(int(RejectCode.NOT_AUTHORIZED),
+                                      f"this connection is authenticated as {request.user!r}, not {claimed!r}")]
+    return request
+
+
+class Keys:
+    """CurveZMQ keys of this Kilat (``security.keys_dir``): the server pair, one per config user
+    and venue, and ``feed`` for external price feeds. Development keys are written on the first
+    run (when the server pair is missing); after that a missing key stops start-up, naming it."""
+
+    FEED = "feed"
+
+    def __init__(self, config: KilatConfig):
+        self.config = config
+        self.dir = Path(config.security.keys_dir)
+        self.users = [u.name for u in config.users]
+        self.mics = [v.mic for v in config.venues]
+        if not (self.dir / "server.key_secret").exists():
+            created = ensure_dev_keys(self.dir, self.users + self.mics + [self.FEED])
+            print(f"kilat: wrote development CURVE keys for {', '.join(created)} in {self.dir} "
+                  f"(replace them for production: docs/security.md)", file=sys.stderr, flush=True)
+        self.server = server_keys(self.dir)
+        self._public = list_keys(self.dir)
+
+    def order_entry(self) -> ServerSecurity:
+        return ServerSecurity(self.server, load_public_keys(self.dir, self.users))
+
+    def drop_copy(self, context: zmq.Context) -> ServerSecurity:
+        """The drop copy streams every account: admins and compliance officers may subscribe."""
+        readers = [u.name for u in self.config.users if {"admin", "compliance"} & set(u.roles)]
+        security = ServerSecurity(self.server, load_public_keys(self.dir, readers), domain="dropcopy")
+        security.start_auth(context)
+        return security
+
+    def venues(self, context: zmq.Context) -> ServerSecurity:
+        security = ServerSecurity(self.server, load_public_keys(self.dir, self.mics), domain="venue")
+        security.start_auth(context)
+        return security
+
+    def feed_client(self) -> ClientSecurity:
+        return ClientSecurity(self.server, self.server.public)  # the server key is set per feed
+
+    def feed_server_key(self, name: str) -> bytes:
+        """The public key a feed publisher proves: a venue's own, else the external feeds'."""
+        key = self._public.get(name if name in self.mics else self.FEED)
+        if key is None:
+            raise KeyFileError(f"{self.dir}: no public key for feed {name!r}; run `kilat keys generate {name}`")
+        return key
 
 
 def positions_view(pipeline: Pipeline, account: str = "") -> TableView | CommandError:
@@ -388,6 +630,59 @@ def positions_view(pipeline: Pipeline, account: str = "") -> TableView | Command
                       "working_sell", "mark", "avg_cost", "realised_pnl", "unrealised_pnl"], rows)
 
 
+def venues_view(pipeline: Pipeline, link: VenueLink | None) -> TableView:
+    """Each venue: session up, the gateway's numbering, working children and today's fills."""
+    router = pipeline.router
+    status = link.gateway.status() if link is not None and link.gateway is not None else {}
+    rows = []
+    for row in router.venue_rows() if router is not None else []:
+        st = status.get(row.venue)
+        rows.append([row.venue, "up" if row.up else "down", row.working_children, row.working_lots,
+                     row.fills_today, st.out_seq if st else 0, st.in_expected - 1 if st else 0])
+    return TableView("venues", ["venue", "session", "working_children", "working_lots", "fills_today",
+                                "sent_seq", "received_seq"], rows)
+
+
+def prices_view(pipeline: Pipeline, symbol: str = "") -> TableView | CommandError:
+    """Marks (bid, ask, last) per instrument, then each venue's best bid and offer."""
+    ref, pf, router = pipeline.ref, pipeline.portfolio, pipeline.router
+    if symbol and symbol not in ref.instruments:
+        return CommandError(int(RejectCode.UNKNOWN_INSTRUMENT), f"unknown instrument {symbol!r}")
+    rows = []
+    for inst in ref.by_index:
+        if symbol and inst.symbol != symbol:
+            continue
+        i, spec = inst.index, inst.spec
+
+        def px(ticks: int, spec=spec) -> str:
+            return str(ticks_to_price(spec, int(ticks))) if ticks else ""
+
+        rows.append([inst.symbol, "marks", px(pf.bid[i]), "", px(pf.ask[i]), "", px(pf.last[i]), 0])
+        for v, venue in enumerate(router.venues if router is not None else []):
+            bid, bid_size, ask, ask_size, ts = router.quotes[v, i].tolist()
+            if ts:
+                rows.append([inst.symbol, venue, px(bid), bid_size, px(ask), ask_size, "", ts])
+    return TableView("prices", ["symbol", "source", "bid", "bid_size", "ask", "ask_size", "last", "ts"], rows)
+
+
+def fills_view(pipeline: Pipeline, account: str = "", limit: int = 50) -> TableView:
+    """Today's executions, newest first: where each happened (a venue, or Kilat's own book)."""
+    venue_of = {x: v for (v, _), x in pipeline.router.fills.items()} if pipeline.router is not None else {}
+    rows = []
+    for exec_id in sorted(pipeline.executions, reverse=True):
+        order_id, qty, price, _ = pipeline.executions[exec_id]
+        order = pipeline.orders.get(order_id)
+        if order is None or (account and order.account != account):
+            continue
+        spec = pipeline.ref.by_index[order.instrument].spec
+        rows.append([exec_id, order_id, order.account, order.symbol, order.side.name, qty,
+                     str(ticks_to_price(spec, price)), venue_of.get(exec_id, "INTERNAL")])
+        if len(rows) >= max(1, min(limit, 10_000)):
+            break
+    return TableView("fills (today)", ["exec_id", "order_id", "account", "symbol", "side", "qty", "price",
+                                       "venue"], rows)
+
+
 def _order_view(o) -> OrderView:
     return OrderView(
         o.order_id, o.account, o.cl_ord_id, o.symbol, o.side, o.order_type, o.tif,
@@ -396,9 +691,10 @@ def _order_view(o) -> OrderView:
     )
 
 
-def serve(config: KilatConfig, data_dir: str | None = None, endpoint: str | None = None) -> None:
+def serve(config: KilatConfig, data_dir: str | None = None, endpoint: str | None = None,
+          venue_endpoint: str | None = None, drop_copy_endpoint: str | None = None) -> None:
     """Run ``kilat serve`` on uvloop until SIGINT/SIGTERM."""
     import uvloop
 
-    service = Service(config, data_dir, endpoint)
+    service = Service(config, data_dir, endpoint, venue_endpoint, drop_copy_endpoint)
     uvloop.run(service.run())

@@ -7,7 +7,6 @@ import pytest
 
 from engine.constants import RejectCode, Side
 from engine.messages import AlertRaised, OrderAccepted, OrderDenied, OrderHeld, OrderReleased
-from gateways.client import KilatClient
 from kilat.config import load_config
 from tests.conftest import LiveService
 
@@ -20,9 +19,8 @@ def live_default(tmp_path):
 
 
 def test_hold_alert_is_pushed_to_the_officer_and_the_decision_to_the_pm(live_default):
-    ep = live_default.endpoint
-    with (KilatClient(ep, user="admin") as admin, KilatClient(ep, user="alice") as pm,
-          KilatClient(ep, user="carol") as officer):
+    with (live_default.client("admin") as admin, live_default.client("alice") as pm,
+          live_default.client("carol") as officer):
         admin.price("AAPL", 18_990, 19_010, 19_000)
         officer.issuer_list("watch", "NOBODY", True, "registers this session as an officer's")
         assert type(pm.submit("FUND1", "AAPL", Side.BUY, 10_000, 18_900, cl_ord_id="h1")[0]) is OrderAccepted

@@ -10,15 +10,14 @@ import sys
 
 from engine.constants import Side
 from engine.messages import AllocationMade, OrderAccepted
-from gateways.client import KilatClient
 from tests.conftest import ROOT, ServeProcess, free_port
 
 
 def test_block_submit_fills_allocations_pushed_to_the_pm_positions_and_report(tmp_path):
     server = ServeProcess(tmp_path / "data", free_port(), config=None)  # the default configuration
     try:
-        with (KilatClient(server.endpoint, user="admin") as admin, KilatClient(server.endpoint, user="alice") as pm,
-              KilatClient(server.endpoint, user="bob") as trader):
+        with (server.client("admin") as admin, server.client("alice") as pm,
+              server.client("bob") as trader):
             admin.price("AAPL", 18_990, 19_010, 19_000)
             ack = pm.submit_block("BLOCK", "AAPL", Side.BUY, 500, 19_000, "percent",
                                   [("FUND1", 0, 7_000), ("FUND2", 0, 3_000)], cl_ord_id="blk-e2e")

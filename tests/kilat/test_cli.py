@@ -14,10 +14,12 @@ import pytest
 
 from engine.refbook import ReferenceBook
 from engine.workload import generate_workload, save_workload, to_arrays, to_commands
-from tests.conftest import ROOT, ServeProcess, free_port
+from tests.conftest import ROOT, TRANSPORT_CONFIG, ServeProcess, free_port
 
 
 def kilat(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    if "--config" not in args:  # the servers here run the transport config (no CURVE)
+        args = (*args, "--config", str(TRANSPORT_CONFIG))
     return subprocess.run([sys.executable, "-m", "kilat", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 
@@ -119,7 +121,7 @@ def test_kilat_run_serves_shows_the_scripted_flow_and_stops_its_server(tmp_path,
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kilat", "run", "--endpoint", f"tcp://127.0.0.1:{port}",
-         "--data-dir", str(tmp_path / "data")],
+         "--data-dir", str(tmp_path / "data"), "--keys-dir", str(tmp_path / "keys")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     seen = []
@@ -131,6 +133,8 @@ def test_kilat_run_serves_shows_the_scripted_flow_and_stops_its_server(tmp_path,
         text = "".join(seen)
         assert "kilat: ready" in text
         assert "FUND1 buys 400 AAPL" in text and text.count("OrderFilled") >= 4
+        assert "kilat venue: ready XSIM1" in text and "kilat venue: ready XSIM2" in text
+        assert "ChildOrderRouted" in text and "venue=XSIM" in text  # routed to the simulated venues
         assert "maker=True" in text  # the maker's fills were pushed to its own session
         assert "DUPLICATE" in text.upper() or "code=1101" in text
         server_pid = int(text.split("(pid ")[1].split(";")[0])

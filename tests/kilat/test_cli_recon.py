@@ -9,10 +9,12 @@ import sys
 
 from engine.constants import Side
 from gateways.client import KilatClient
-from tests.conftest import ROOT, ServeProcess, free_port
+from tests.conftest import ROOT, TRANSPORT_CONFIG, ServeProcess, free_port
 
 
 def kilat(*args: str) -> subprocess.CompletedProcess:
+    if "--config" not in args:  # the servers here run the transport config (no CURVE)
+        args = (*args, "--config", str(TRANSPORT_CONFIG))
     return subprocess.run([sys.executable, "-m", "kilat", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
 

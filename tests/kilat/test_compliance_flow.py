@@ -27,7 +27,6 @@ from engine.messages import (
 )
 from engine.recovery import recover
 from engine.refbook import ReferenceBook
-from gateways.client import KilatClient
 from kilat.config import check_config, load_config
 from kilat.service import build_pipeline
 from tests.conftest import ROOT, ServeProcess, free_port
@@ -41,10 +40,10 @@ def kilat(*args: str, user: str) -> subprocess.CompletedProcess:
 def test_soft_breach_held_then_officer_approves_and_alert_workflow_survives_a_crash(tmp_path):
     data = tmp_path / "data"
     server = ServeProcess(data, free_port(), config=None)  # the default configuration
-    ep = ("--endpoint", server.endpoint)
+    ep = tuple(server.cli_args())
     try:
-        with KilatClient(server.endpoint, user="admin") as admin, \
-                KilatClient(server.endpoint, user="alice") as pm:
+        with server.client("admin") as admin, \
+                server.client("alice") as pm:
             admin.price("AAPL", 18_990, 19_010, 19_000)
             # GEF's NAV is about 53.3 M USD; its SOFT rule caps an issuer at 5% (2.67 M)
             first = pm.submit("FUND1", "AAPL", Side.BUY, 10_000, 19_000, cl_ord_id="big-1")
@@ -77,8 +76,8 @@ def test_soft_breach_held_then_officer_approves_and_alert_workflow_survives_a_cr
 
         # the restricted list propagates to the issuer's instruments at once
         assert kilat("restricted", "add", "MSFT", "--reason", "MNPI", *ep, user="carol").returncode == 0
-        with KilatClient(server.endpoint, user="admin") as admin, \
-                KilatClient(server.endpoint, user="alice") as pm:
+        with server.client("admin") as admin, \
+                server.client("alice") as pm:
             admin.price("MSFT", 41_990, 42_010, 42_000)
             denied = pm.submit("FUND1", "MSFT", Side.BUY, 10, 42_000, cl_ord_id="msft-1")
             assert type(denied[0]) is OrderDenied and denied[0].code == RejectCode.COMPLIANCE_RESTRICTED
@@ -110,7 +109,7 @@ def test_soft_breach_held_then_officer_approves_and_alert_workflow_survives_a_cr
         orders_before = json.loads(kilat("orders", "--json", *ep, user="carol").stdout)
         server.kill()  # SIGKILL: recovery must rebuild alerts and holds from the journal
         server = ServeProcess(data, free_port(), config=None)
-        ep = ("--endpoint", server.endpoint)
+        ep = tuple(server.cli_args())
         after = json.loads(kilat("alerts", "--json", *ep, user="carol").stdout)
         assert after == before
         assert json.loads(kilat("orders", "--json", *ep, user="carol").stdout) == orders_before
