@@ -3,7 +3,8 @@
 ``kilat venue --mic XSIM1`` runs one (see ``kilat/cli_venue.py`` and ``docs/venues.md``). It:
 
 - lists the instruments of its ``VenueSpec`` in an ``engine.book.NumbaBook``;
-- keeps background liquidity in that book: a seeded random-walk mid (in ticks), ``depth_levels``
+- keeps background liquidity in that book: a seeded random-walk mid (in ticks, reverting 10 % of
+  its gap to the starting mid each step, so venues stay close), ``depth_levels``
   price levels per side ``spread_ticks`` apart around it with ``level_qty`` lots each,
   replenished every ``step_ms``, and now and then a background market order that crosses the
   spread so trades print;
@@ -199,10 +200,14 @@ class _Exec:
         self.busted = False
 
 
+#: Share of the gap to its anchor that a market's mid closes each step (see ``_step_market``).
+MEAN_REVERSION = 0.1
+
+
 class _Market:
     """One listed instrument: its book index, band, mid and background orders."""
 
-    __slots__ = ("symbol", "instr", "low", "high", "mid", "background", "quote", "spec")
+    __slots__ = ("symbol", "instr", "low", "high", "mid", "anchor", "background", "quote", "spec")
 
     def __init__(self, spec: InstrumentSpec, instr: int, mid: int) -> None:
         self.spec = spec
@@ -211,6 +216,7 @@ class _Market:
         self.low = price_to_ticks(spec, spec.price_band[0], f"{spec.symbol} price_band")
         self.high = price_to_ticks(spec, spec.price_band[1], f"{spec.symbol} price_band")
         self.mid = mid
+        self.anchor = mid  # the level the random walk reverts to
         self.background: dict[tuple[int, int], list[int]] = {}  # (side, price) -> oids
         self.quote: tuple[int, int, int, int] | None = None
 
@@ -268,7 +274,7 @@ class ExchangeSimulator:
             self._journal.commit()
         self.session_id = session_id
         for symbol, price in self._last_fill_price.items():
-            self.markets[symbol].mid = price
+            self.markets[symbol].mid = self.markets[symbol].anchor = price
         self._rebuild_book()
 
         self._ctx = context or zmq.Context()
@@ -358,7 +364,9 @@ class ExchangeSimulator:
         depth = max(spec.depth_levels, 1)
         spread = max(spec.spread_ticks, 1)
         sigma = max(m.mid * spec.volatility_bps / 10_000, 0.3)
-        m.mid += int(round(rng.normal(0.0, sigma)))
+        # a random walk pulled back toward its anchor (10 % of the gap a step): independent
+        # venues stay within a few ticks of each other, as arbitrage keeps real ones
+        m.mid += int(round(rng.normal(0.0, sigma) + (m.anchor - m.mid) * MEAN_REVERSION))
         m.mid = min(max(m.mid, m.low + spread + depth), m.high - spread - depth)
         bid0 = m.mid - spread // 2
         ask0 = bid0 + spread

@@ -24,7 +24,7 @@ def cmd_top(args) -> int:
     with _client(args, config) as kc:
         try:
             while True:
-                frame = render(kc, args.account or "", args.rows)
+                frame = render(kc, args.account or "", args.rows, config)
                 sys.stdout.write(frame if args.once else CLEAR + frame)
                 sys.stdout.flush()
                 if args.once:
@@ -34,8 +34,9 @@ def cmd_top(args) -> int:
             return 0
 
 
-def render(kc, account: str, rows: int) -> str:
+def render(kc, account: str, rows: int, config) -> str:
     """One frame of the view, as text. Four queries."""
+    ticks = {spec.symbol: float(spec.tick_size) for spec in config.instruments}
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     orders = list(kc.orders(account=account, open_only=True))
     orders.sort(key=lambda o: o.order_id, reverse=True)
@@ -46,7 +47,7 @@ def render(kc, account: str, rows: int) -> str:
     lines.append(f"{'id':>8} {'account':8} {'symbol':8} {'side':4} {'status':16} {'qty':>8} {'cum':>8} {'avg_px':>10}")
     for o in orders[:rows]:
         lines.append(f"{o.order_id:>8} {o.account:8} {o.symbol:8} {o.side.name:4} {o.status:16} "
-                     f"{o.qty:>8} {o.cum_qty:>8} {o.avg_px:>10.2f}")
+                     f"{o.qty:>8} {o.cum_qty:>8} {o.avg_px * ticks.get(o.symbol, 1.0):>10.4f}")
     lines.append("")
     lines += _table(kc.fills(account, rows), rows)
     return "\n".join(lines) + "\n"

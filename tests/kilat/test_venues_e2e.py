@@ -245,6 +245,12 @@ def test_a_venue_bust_and_correction_reverse_and_adjust_the_fill(market):
         assert next(e for e in corrected if type(e) is TradeCorrected).qty == 10
         position = {(r[0], r[1], r[2]): r[4] for r in pm.positions("FUND1").rows}
         assert position[("FUND1", "AAPL", "XSIM1")] == 70 - fills[0].qty - (fills[-1].qty - 10)
+    top = subprocess.run([sys.executable, "-m", "kilat", "top", "--once", "--user", "tester", *server.cli_args()],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert top.returncode == 0, top.stderr
+    for panel in ("prices (", "venues (2)", "working orders (", "fills (today) ("):
+        assert panel in top.stdout, top.stdout
+    assert any(line.split()[:2] == ["XSIM1", "up"] for line in top.stdout.splitlines())
 
 
 def test_duplicate_and_out_of_order_executions_are_applied_once(tmp_path):
