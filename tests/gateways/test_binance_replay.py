@@ -59,21 +59,17 @@ def btc(ref):
     return ref.instruments["BTCUSDT"].spec
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     """CurveZMQ keys for these runs (the default config has CURVE on): Kilat's pair and the
     external feeds' ``feed`` pair, as Kilat's first run writes them."""
-    global KEYS
-    KEYS = tmp_path_factory.mktemp("keys")
-    ensure_dev_keys(KEYS, ["feed"])
-    return KEYS
+    path = tmp_path_factory.mktemp("keys")
+    ensure_dev_keys(path, ["feed"])
+    return path
 
 
-KEYS = None
-
-
-def kilat(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kilat", *args, "--keys-dir", str(KEYS)], capture_output=True,
+def kilat(keys, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kilat", *args, "--keys-dir", str(keys)], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout)
 
 
@@ -81,15 +77,15 @@ def kilat(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_kilat_feed_replay_of_the_sample_reaches_a_handler_with_every_message_and_the_last_mark(
-        ref, expected):
+        ref, expected, keys):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context()
     # over CurveZMQ, as Kilat subscribes: its own key pair, the feed's public key as the server's
-    curve = ClientSecurity(server_keys(KEYS), list_keys(KEYS)["feed"])
+    curve = ClientSecurity(server_keys(keys), list_keys(keys)["feed"])
     handler = FeedHandler(ref, [endpoint], stale_after_ns=10**18, context=ctx, configure=curve)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kilat", "feed", "replay", "tests/data/binance_btcusdt_spot_sample.jsonl.gz",
-         "--endpoint", endpoint, "--speed", "0", "--wait", "2", "--keys-dir", str(KEYS)],
+         "--endpoint", endpoint, "--speed", "0", "--wait", "2", "--keys-dir", str(keys)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     published = expected["quotes"] + expected["trades"]
     try:
@@ -125,10 +121,10 @@ def test_kilat_feed_replay_of_the_sample_reaches_a_handler_with_every_message_an
     assert row[4] == expected["recv_ns"][-1]  # stamped with the recorded receive time
 
 
-def test_replay_is_paced_by_the_recorded_receive_times(expected):
+def test_replay_is_paced_by_the_recorded_receive_times(expected, keys):
     limit, speed = 400, 5.0
     span = (expected["recv_ns"][limit - 1] - expected["recv_ns"][0]) / 1e9
-    result = kilat("feed", "replay", str(SAMPLE), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+    result = kilat(keys, "feed", "replay", str(SAMPLE), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
                    "--speed", str(speed), "--limit", str(limit), "--wait", "0")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -137,24 +133,24 @@ def test_replay_is_paced_by_the_recorded_receive_times(expected):
     assert span / speed * 0.95 <= summary["seconds"] <= span / speed + 5
 
 
-def test_replay_refuses_a_bad_capture_naming_the_line(tmp_path):
+def test_replay_refuses_a_bad_capture_naming_the_line(tmp_path, keys):
     bad = tmp_path / "bad.jsonl"
     with gzip.open(SAMPLE, "rt") as f:
         head = [next(f) for _ in range(3)]
     bad.write_text(head[0] + head[1] + "1723161254087891268 {not json\n")
-    result = kilat("feed", "replay", str(bad), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+    result = kilat(keys, "feed", "replay", str(bad), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
                    "--speed", "0", "--wait", "0")
     assert result.returncode == 2
     assert "bad.jsonl:3:" in result.stderr
 
 
-def test_replay_of_a_missing_file_says_so_before_waiting_for_subscribers(tmp_path):
-    result = kilat("feed", "replay", str(tmp_path / "none.jsonl.gz"), "--wait", "30", timeout=20)
+def test_replay_of_a_missing_file_says_so_before_waiting_for_subscribers(tmp_path, keys):
+    result = kilat(keys, "feed", "replay", str(tmp_path / "none.jsonl.gz"), "--wait", "30", timeout=20)
     assert result.returncode == 2 and "none.jsonl.gz: no such capture file" in result.stderr
 
 
-def test_replay_of_an_instrument_missing_from_the_config_says_which_exist():
-    result = kilat("feed", "replay", str(SAMPLE), "--symbol", "ETHUSDT", "--wait", "0")
+def test_replay_of_an_instrument_missing_from_the_config_says_which_exist(keys):
+    result = kilat(keys, "feed", "replay", str(SAMPLE), "--symbol", "ETHUSDT", "--wait", "0")
     assert result.returncode == 2
     assert "unknown instrument 'ETHUSDT'" in result.stderr and "BTCUSDT" in result.stderr
 
