@@ -6,8 +6,9 @@ connect to) and the feed handler (``gateways.feed.FeedHandler``, SUB to every ve
 journal and apply, in this order —
 
 - a consolidated ``PriceTick`` per instrument whose marks moved (conflated: one per turn however
-  many quotes arrived), and a ``VenueQuote`` per venue whose own best bid or offer moved (what the
-  smart order router reads);
+  many quotes arrived), and a ``VenueQuote`` per venue whose own best bid or offer moved — or
+  every half stale window while the venue keeps it live, since the smart order router judges
+  staleness on journaled times;
 - the venues' reports, translated (``ChildFilled`` -> ``VenueFilled`` …), in each venue's seq order;
 - the gateway's session events: ``VenueSessionChanged`` for a logon or a silent venue, and the
   reconciliation after a logon (fills Kilat never heard become ``VenueFilled``; child orders the
@@ -100,7 +101,11 @@ class VenueLink:
                 self.feeds.connect(endpoint)
         self.max_ticks = config.feeds.max_ticks_per_turn
         self._mics = set(mics)
-        self._quoted: dict[tuple[str, int], tuple[int, int, int, int]] = {}  # last VenueQuote journaled
+        every = [inst.symbol for inst in ref.by_index]
+        self._venue_symbols = sorted({s for v in config.venues for s in (v.instruments or every)})
+        self._refresh_ns = config.feeds.stale_after_ms * 1_000_000 // 2
+        # (venue, symbol) -> (the last VenueQuote journaled, when)
+        self._quoted: dict[tuple[str, str], tuple[tuple[int, int, int, int], int]] = {}
 
     @property
     def sockets(self) -> list[zmq.Socket]:
@@ -129,14 +134,16 @@ class VenueLink:
         for row in feeds.take_updates(now).tolist():
             symbol = by_index[int(row[U_INSTRUMENT])].symbol
             out.append(PriceTick(symbol, row[U_BID], row[U_ASK], row[U_LAST], now, SYSTEM_USER))
-            if not self._mics:
-                continue
+        for symbol in self._venue_symbols:  # a venue's own quote may move the marks or not
             for q in feeds.venue_quotes(symbol, now):
-                if q.source not in self._mics:
+                if q.source not in self._mics or q.stale:
                     continue
-                key, value = (q.source, int(row[U_INSTRUMENT])), (q.bid, q.bid_size, q.ask, q.ask_size)
-                if self._quoted.get(key) != value:
-                    self._quoted[key] = value
+                key, value = (q.source, symbol), (q.bid, q.bid_size, q.ask, q.ask_size)
+                last = self._quoted.get(key)
+                # journaled when it changes, and again while the venue keeps it live, so the
+                # router (which judges staleness on journaled times) does not age a quiet quote
+                if last is None or last[0] != value or now - last[1] >= self._refresh_ns:
+                    self._quoted[key] = (value, now)
                     out.append(VenueQuote(q.source, symbol, *value, now, SYSTEM_USER))
 
     def _report(self, mic: str, m, now: int, out: list) -> None:
