@@ -9,7 +9,7 @@ The rule, for a parent of ``q`` lots (``SOR``)
 -----------------------------------------------
 A venue is **up-and-listed** for an instrument when its session is up and it lists the
 instrument; its quote is **live** when it is not older than ``stale_after_ns`` at the command's
-time (``ts``) and has a price on the side in question.
+time (``ts``) and shows a price and a size on the side in question.
 
 1. **Internal cross first.** The parent trades against opposite client orders in Kilat's own book
    at a price no worse than the venues' best: ``cross_limit`` is the best live opposite quote over
@@ -159,9 +159,9 @@ class Router:
         levels = []
         for v in eligible:
             q = self.quotes[v, instrument]
-            price = int(q[px])
-            if price and ts - int(q[_Q_TS]) <= self.stale_after_ns and self._within(side, price, limit):
-                levels.append((price if side == BUY else -price, -int(q[size]), v))
+            price, shown = int(q[px]), int(q[size])
+            if price and shown > 0 and ts - int(q[_Q_TS]) <= self.stale_after_ns and self._within(side, price, limit):
+                levels.append((price if side == BUY else -price, -shown, v))
         levels.sort()
         out: dict[int, int] = {}
         left = qty
@@ -169,9 +169,8 @@ class Router:
             if not left:
                 break
             take = min(left, -neg_size)
-            if take > 0:
-                out[v] = take
-                left -= take
+            out[v] = take
+            left -= take
         if left:
             if levels:
                 home = levels[0][2]
@@ -280,8 +279,9 @@ class Router:
 
     def _best(self, instrument: int, side: int, ts: int, opposite: bool, exclude, among=None) -> int | None:
         """The up-and-listed venue with the best live quote on one side, or None."""
-        buy_side_px = _Q_BID if side == BUY else _Q_ASK  # the parent's own side
-        px = (_Q_ASK if side == BUY else _Q_BID) if opposite else buy_side_px
+        own = (_Q_BID, _Q_BID_SIZE) if side == BUY else (_Q_ASK, _Q_ASK_SIZE)  # the parent's side
+        other = (_Q_ASK, _Q_ASK_SIZE) if side == BUY else (_Q_BID, _Q_BID_SIZE)
+        px, size = other if opposite else own
         lowest = (side == BUY) == opposite  # asks: lowest is best; bids: highest
         best, best_px = None, 0
         for v in among if among is not None else range(len(self.venues)):
@@ -289,7 +289,7 @@ class Router:
                 continue
             q = self.quotes[v, instrument]
             price = int(q[px])
-            if not price or ts - int(q[_Q_TS]) > self.stale_after_ns:
+            if not price or q[size] <= 0 or ts - int(q[_Q_TS]) > self.stale_after_ns:
                 continue
             if best is None or (price < best_px if lowest else price > best_px):
                 best, best_px = v, price

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.constants import BUY, SELL
@@ -75,6 +75,7 @@ def test_unlisted_and_duplicate_venues_are_refused_and_state_round_trips():
 
 
 @settings(max_examples=200, deadline=None)
+@example([(0, 0, 0), (1, 1, 0), (2, 0, 0)], 2, 0, SELL, [False, True, True])  # a price showing no size
 @given(st.lists(st.tuples(st.integers(0, 120), st.integers(0, 50), st.integers(0, 3000)), min_size=3, max_size=3),
        st.integers(1, 500), st.integers(0, 120), st.sampled_from([BUY, SELL]), st.lists(st.booleans(), min_size=3, max_size=3))
 def test_a_plan_places_every_lot_once_per_venue_within_the_limit_or_nothing(quotes, qty, limit, side, up):
